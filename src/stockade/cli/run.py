@@ -1,0 +1,206 @@
+"""``stockade run``: build the policy, start the command, wait, report."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import signal
+import sys
+import time
+from typing import IO, Any
+
+from stockade.cli.main import (
+    EXIT_CANNOT_EXECUTE,
+    EXIT_NOT_FOUND,
+    EXIT_OWN_FAILURE,
+    EXIT_TIMEOUT,
+)
+from stockade.errors import StockadeError
+
+#: Signals a user sends to ``stockade`` that are meant for the command.
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+             signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)  # fmt: skip
+
+
+def fail(message: str) -> int:
+    """Print one line and return the exit status for stockade's own failure."""
+    sys.stderr.write(f"stockade: {message}\n")
+    return EXIT_OWN_FAILURE
+
+
+def build_policy(args: argparse.Namespace) -> Any:
+    """The policy the options describe (PolicyError on bad input)."""
+    from stockade.errors import PolicyError
+    from stockade.policy.builder import PolicyBuilder
+    from stockade.policy.tomlfile import load_toml
+
+    cwd = os.getcwd()
+    b = PolicyBuilder("stockade run", relative_base=cwd)
+    for kind, value in getattr(args, "access", None) or []:
+        if kind in ("read", "write", "exec"):
+            path = os.path.join(cwd, value)
+            if not os.path.lexists(path):
+                raise PolicyError(f"{value}: no such file or directory", f"--{kind}")
+            getattr(b, kind)(value)
+        elif kind == "config":
+            b.merge(load_toml(os.path.join(cwd, value)))
+        else:
+            getattr(b, kind)(value)
+    scalars: dict[str, Any] = {
+        "memory": args.memory,
+        "max_procs": args.max_procs,
+        "timeout": args.timeout,
+        "cwd": args.cwd,
+        "root": args.root,
+        "hostname": args.hostname,
+        "log": args.log,
+        "ipc": args.ipc,
+        "unshare": args.unshare,
+    }
+    for key, value in scalars.items():
+        if value is not None:
+            b.set(key, value)
+    for key in ("no_net", "clean_env", "lock", "pty", "no_aslr", "no_thp"):
+        if getattr(args, key):
+            b.set(key, True)
+    if args.cpus:
+        b.set("cpus", _cpu_list(args.cpus))
+    for text in args.rlimit:
+        b.set("rlimit", text)
+    for text in args.env:
+        b.set("env", text)
+    for text in args.bind:
+        b.set("bind", text)
+    for text in args.tmpfs:
+        b.set("tmpfs", text)
+    return b.build()
+
+
+def _cpu_list(text: str) -> list[int]:
+    from stockade.errors import PolicyError
+
+    cpus: list[int] = []
+    try:
+        for part in text.split(","):
+            first, _, last = part.partition("-")
+            cpus.extend(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise PolicyError(f"bad CPU list {text!r}: expected N, N-M or a comma list", "--cpus") from None
+    return cpus
+
+
+class EventLog:
+    """``--log FILE``: events as JSON lines (SPEC section 6)."""
+
+    def __init__(self, target: str | None) -> None:
+        self._file: IO[str] | None = None
+        if target == "-":
+            self._file = sys.stderr
+        elif target is not None:
+            self._file = open(target, "a", buffering=1)  # noqa: SIM115 - lives for the run
+
+    def emit(self, **event: Any) -> None:
+        if self._file is None:
+            return
+        record = {"time": time.time(), "action": "allow", "errno": 0, "target": "", **event}
+        self._file.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def close(self) -> None:
+        if self._file is not None and self._file is not sys.stderr:
+            self._file.close()
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run ``stockade run``; returns the exit status (SPEC section 2)."""
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    from stockade.errors import PolicyError
+    from stockade.sandbox import Sandbox
+
+    try:
+        policy = build_policy(args)
+        if args.print_policy:
+            print("\n".join(policy.to_rules()))
+            return 0
+        if not argv:
+            return fail("no command given: expected 'stockade run [OPTIONS] -- COMMAND [ARG...]'")
+        sandbox = Sandbox(policy=policy)
+        sandbox.plan  # noqa: B018 - compile now: refuse the policy before anything starts
+    except (StockadeError, PolicyError) as err:
+        return fail(str(err))
+    except OSError as err:
+        return fail(f"{err.filename or 'setup'}: {errno.errorcode.get(err.errno or 0, '')} "
+                    f"({err.strerror})")  # fmt: skip
+    try:
+        log = EventLog(policy.log)
+    except OSError as err:
+        return fail(f"--log {policy.log}: {err.strerror}")
+    from stockade.launch.reaper import make_subreaper
+
+    # Orphans of the sandbox come back to us, so none outlives it.
+    make_subreaper()
+    try:
+        return _supervise(sandbox, argv, policy, log)
+    finally:
+        log.close()
+
+
+def _supervise(sandbox: Any, argv: list[str], policy: Any, log: EventLog) -> int:
+    from stockade.errors import LaunchError
+
+    try:
+        proc = sandbox.popen(argv)
+    except FileNotFoundError:
+        sys.stderr.write(f"stockade: {argv[0]}: command not found\n")
+        return EXIT_NOT_FOUND
+    except PermissionError as err:
+        sys.stderr.write(f"stockade: {argv[0]}: cannot execute: {err.strerror}\n")
+        return EXIT_CANNOT_EXECUTE
+    except OSError as err:
+        sys.stderr.write(f"stockade: {argv[0]}: cannot execute: {err.strerror}\n")
+        return EXIT_CANNOT_EXECUTE
+    except (LaunchError, StockadeError) as err:
+        return fail(str(err))
+    log.emit(pid=proc.pid, syscall="execve", category="exec", target=argv[0], argv=argv)
+
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.killpg(proc.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in FORWARDED:
+        signal.signal(sig, forward)
+    try:
+        if not proc.exited(policy.timeout):
+            proc.timed_out = True
+        proc.kill_tree()
+        code = proc.wait()
+    finally:
+        for sig in FORWARDED:
+            signal.signal(sig, signal.SIG_DFL)
+        _reap_orphans()
+    status = EXIT_TIMEOUT if proc.timed_out else (128 - code if code < 0 else code)
+    log.emit(pid=proc.pid, syscall="exit", category="exit", target=argv[0], status=status,
+             timed_out=proc.timed_out)  # fmt: skip
+    if proc.timed_out:
+        sys.stderr.write(f"stockade: {argv[0]}: killed after the {policy.timeout:g} s timeout\n")
+    return status
+
+
+def _reap_orphans() -> None:
+    """Kill and reap whatever the sandbox left that was reparented to us."""
+    from stockade.launch.reaper import children, kill_tree
+
+    while True:
+        for pid in children(os.getpid()):
+            kill_tree(pid)
+        try:
+            pid, _ = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue

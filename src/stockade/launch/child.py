@@ -1,0 +1,211 @@
+"""The only code that runs in the child between fork and exec.
+
+The parent builds a :class:`ChildSetup` (every buffer, struct and syscall
+argument allocated up front) and passes :meth:`ChildSetup.run` to
+``subprocess.Popen`` as ``preexec_fn``.  Popen has already forked, wired
+stdio and changed directory; after ``run`` returns it closes every other
+descriptor and execs.  ``run`` performs a fixed list of steps with raw
+system calls: no imports, no logging, no locks, no exceptions.  A failing
+step writes ``(step, errno)`` to a CLOEXEC pipe and ``_exit``s; the parent
+turns that into a :class:`stockade.LaunchError` naming the step.
+
+The order, and why:
+
+1. ``setsid`` - the sandbox gets its own session and process group, so it
+   cannot reach our terminal's job control and can be killed as a group.
+2. ``PR_SET_PDEATHSIG(SIGKILL)``, then check that the parent is still the
+   one that forked us (it may have died before the prctl).
+3. cgroup - join the sandbox's cgroup before anything can fork.
+4. rlimits - before privileges are dropped (root could still raise them
+   afterwards otherwise; see step 6).
+5. personality, THP, CPU affinity - process attributes exec keeps.
+6. capabilities - a root caller's sandbox runs with none: bounding set,
+   ambient set, then effective/permitted/inheritable.
+7. ``PR_SET_NO_NEW_PRIVS`` - required by both Landlock and seccomp, and
+   makes setuid binaries harmless.
+8. Landlock - the ruleset fd was built by the parent; this step only
+   enters it.
+9. seccomp - last, so the filter never has to allow our own setup.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+from stockade.kernel import _ffi
+from stockade.kernel.seccomp import SECCOMP_SET_MODE_FILTER, PreparedFilter
+
+# Step numbers sent over the error pipe, and their names for messages.
+STEP_SETSID = 1
+STEP_PDEATHSIG = 2
+STEP_PARENT = 3
+STEP_CGROUP = 4
+STEP_RLIMIT = 5
+STEP_PERSONALITY = 6
+STEP_THP = 7
+STEP_AFFINITY = 8
+STEP_CAPS = 9
+STEP_NNP = 10
+STEP_LANDLOCK = 11
+STEP_SECCOMP = 12
+
+STEP_NAMES = {
+    STEP_SETSID: "setsid",
+    STEP_PDEATHSIG: "prctl(PR_SET_PDEATHSIG)",
+    STEP_PARENT: "parent check (the parent died during setup)",
+    STEP_CGROUP: "joining the cgroup",
+    STEP_RLIMIT: "setrlimit",
+    STEP_PERSONALITY: "personality",
+    STEP_THP: "prctl(PR_SET_THP_DISABLE)",
+    STEP_AFFINITY: "sched_setaffinity",
+    STEP_CAPS: "dropping capabilities",
+    STEP_NNP: "prctl(PR_SET_NO_NEW_PRIVS)",
+    STEP_LANDLOCK: "landlock_restrict_self",
+    STEP_SECCOMP: "seccomp(SECCOMP_SET_MODE_FILTER)",
+}
+
+#: Exit status of a child that failed setup (never seen by users: the
+#: parent raises instead).
+SETUP_FAILED_STATUS = 125
+
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_THP_DISABLE = 41
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+SIGKILL = 9
+SYS_setsid = 112
+SYS_getppid = 110
+SYS_capset = 126
+SYS_prlimit64 = 302
+SYS_write = 1
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+RECORD_SIZE = 8
+
+
+class _CapHeader(ctypes.Structure):
+    """struct __user_cap_header_struct { __u32 version; int pid; };"""
+
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    """struct __user_cap_data_struct { __u32 effective, permitted, inheritable; };"""
+
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+class _Rlimit64(ctypes.Structure):
+    """struct rlimit64 { __u64 rlim_cur; __u64 rlim_max; };"""
+
+    _fields_ = [("rlim_cur", ctypes.c_uint64), ("rlim_max", ctypes.c_uint64)]
+
+
+class ChildSetup:
+    """Everything the child does, prepared by the parent.
+
+    Build it in the parent; call :meth:`run` only in the forked child.
+    """
+
+    def __init__(
+        self,
+        *,
+        error_fd: int,
+        parent_pid: int,
+        rlimits: tuple[tuple[int, int, int], ...] = (),
+        personality: int | None = None,
+        no_thp: bool = False,
+        cpus: tuple[int, ...] = (),
+        drop_caps: bool = False,
+        cap_last: int = 40,
+        cgroup_procs_fd: int | None = None,
+        landlock_fd: int | None = None,
+        seccomp_filter: PreparedFilter | None = None,
+    ) -> None:
+        self._error_fd = error_fd
+        self._parent_pid = parent_pid
+        self._record = ctypes.create_string_buffer(RECORD_SIZE)
+        self._syscall = _ffi._syscall
+        self._get_errno = ctypes.get_errno
+        self._prctl = _ffi._prctl
+        self._rlimits = [
+            (ctypes.c_long(res), ctypes.byref(_Rlimit64(soft, hard)), _Rlimit64(soft, hard))
+            for res, soft, hard in rlimits
+        ]
+        self._personality = personality
+        self._no_thp = no_thp
+        self._cpus = frozenset(cpus) if cpus else None
+        self._drop_caps = drop_caps
+        self._cap_last = cap_last
+        self._cap_header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+        self._cap_data = (_CapData * 2)()
+        self._cgroup_fd = cgroup_procs_fd
+        self._landlock_fd = landlock_fd
+        self._filter = seccomp_filter
+
+    def _fail(self, step: int, err: int) -> None:
+        # Fixed-size record; the buffer exists already, so nothing allocates.
+        ctypes.memmove(self._record, (step | (err << 16)).to_bytes(8, "little"), RECORD_SIZE)
+        self._syscall(ctypes.c_long(SYS_write), ctypes.c_long(self._error_fd), self._record,
+                      ctypes.c_long(RECORD_SIZE))  # fmt: skip
+        os._exit(SETUP_FAILED_STATUS)
+
+    def _sys(self, step: int, nr: int, *args: object) -> int:
+        ret: int = self._syscall(ctypes.c_long(nr), *args)
+        if ret == -1:
+            self._fail(step, self._get_errno())
+        return ret
+
+    def _pr(self, step: int, option: int, a2: int = 0, a3: int = 0) -> None:
+        if self._prctl(option, a2, a3, 0, 0) == -1:
+            self._fail(step, self._get_errno())
+
+    def run(self) -> None:
+        """Apply every step, in order.  Child only; never returns on failure."""
+        c_long = ctypes.c_long
+        self._sys(STEP_SETSID, SYS_setsid)
+        self._pr(STEP_PDEATHSIG, PR_SET_PDEATHSIG, SIGKILL)
+        if self._syscall(c_long(SYS_getppid)) != self._parent_pid:
+            self._fail(STEP_PARENT, 3)  # ESRCH
+        if self._cgroup_fd is not None:
+            try:
+                os.write(self._cgroup_fd, b"0")
+            except OSError as err:
+                self._fail(STEP_CGROUP, err.errno or 5)
+        for resource, ref, _keep in self._rlimits:
+            self._sys(STEP_RLIMIT, SYS_prlimit64, c_long(0), resource, ref, None)
+        if self._personality is not None:
+            self._sys(STEP_PERSONALITY, _ffi.SYS_personality, c_long(self._personality))
+        if self._no_thp:
+            self._pr(STEP_THP, PR_SET_THP_DISABLE, 1)
+        if self._cpus is not None:
+            try:
+                os.sched_setaffinity(0, self._cpus)
+            except OSError as err:
+                self._fail(STEP_AFFINITY, err.errno or 22)
+        if self._drop_caps:
+            for cap in range(self._cap_last + 1):
+                self._pr(STEP_CAPS, PR_CAPBSET_DROP, cap)
+            self._pr(STEP_CAPS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+            self._sys(STEP_CAPS, SYS_capset, ctypes.byref(self._cap_header),
+                      ctypes.byref(self._cap_data))  # fmt: skip
+        self._pr(STEP_NNP, PR_SET_NO_NEW_PRIVS, 1)
+        if self._landlock_fd is not None:
+            self._sys(STEP_LANDLOCK, _ffi.SYS_landlock_restrict_self,
+                      c_long(self._landlock_fd), c_long(0))  # fmt: skip
+        if self._filter is not None:
+            self._sys(STEP_SECCOMP, _ffi.SYS_seccomp, c_long(SECCOMP_SET_MODE_FILTER),
+                      c_long(self._filter.flags), self._filter.fprog_ref)  # fmt: skip
+
+
+def decode_record(data: bytes) -> tuple[str, int]:
+    """Turn an error-pipe record into ``(step name, errno)``."""
+    value = int.from_bytes(data[:RECORD_SIZE], "little")
+    step, err = value & 0xFFFF, value >> 16
+    return STEP_NAMES.get(step, f"step {step}"), err

@@ -1,0 +1,237 @@
+"""The parent side of a launch: prepare, fork, read the child's verdict.
+
+``prepare`` turns an :class:`EnforcementPlan` into kernel objects that the
+child only has to *enter*: a Landlock ruleset fd with every rule already
+added, a BPF program in a ``sock_fprog``, a private temporary directory, a
+pids cgroup.  :class:`SandboxProcess` is a ``subprocess.Popen`` whose child
+runs :class:`stockade.launch.child.ChildSetup` before exec, so every Popen
+feature (pipes, ``communicate``, text mode, timeouts) works unchanged.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from stockade.errors import LaunchError, PolicyError
+from stockade.kernel import cgroup, landlock
+from stockade.kernel.seccomp import PreparedFilter
+from stockade.launch.child import RECORD_SIZE, ChildSetup, decode_record
+from stockade.launch.reaper import kill_tree
+from stockade.plan import EnforcementPlan
+
+
+def _cap_last() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except OSError:
+        return 40
+
+
+class Prepared:
+    """Kernel objects for one sandbox run; :meth:`close` releases them."""
+
+    def __init__(self, plan: EnforcementPlan) -> None:
+        self.plan = plan
+        self.ruleset_fd = -1
+        self.tmpdir: str | None = None
+        self.cgroup: cgroup.PidsCgroup | None = None
+        try:
+            if plan.policy.private_tmp:
+                self.tmpdir = tempfile.mkdtemp(prefix="stockade-tmp-")
+            self.ruleset_fd = build_ruleset(plan, self.tmpdir)
+            self.filter = PreparedFilter(plan.filter_program)
+            root = cgroup.pids_root() if plan.drop_caps else None
+            if root is not None:
+                self.cgroup = cgroup.PidsCgroup(root, plan.pids_cgroup_max)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the ruleset, the cgroup and the private tmp; idempotent."""
+        if self.ruleset_fd >= 0:
+            os.close(self.ruleset_fd)
+            self.ruleset_fd = -1
+        if self.cgroup is not None:
+            self.cgroup.destroy()
+            self.cgroup = None
+        if self.tmpdir is not None:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            self.tmpdir = None
+
+
+def build_ruleset(plan: EnforcementPlan, tmpdir: str | None) -> int:
+    """Create the Landlock ruleset fd with every grant of *plan* added.
+
+    Grants whose path does not exist are skipped: they allow nothing, and
+    profiles name system directories that not every system has.  A grant on
+    a directory that is not a tree (``allow/read+/etc``) is refused: Landlock
+    cannot allow a directory without what is beneath it.
+    """
+    lp = plan.landlock
+    fd = landlock.create_ruleset(lp.handled_fs, lp.handled_net, lp.scoped, lp.abi)
+    try:
+        grants = list(lp.grants)
+        if tmpdir is not None and lp.handled_fs:
+            from stockade.plan.landlock import CATEGORY_RIGHTS, PathGrant
+
+            rights = landlock.AccessFs(0)
+            for right in CATEGORY_RIGHTS.values():
+                rights |= right
+            grants.append(PathGrant(tmpdir, rights & lp.handled_fs, True, "private tmp"))
+        for grant in grants:
+            try:
+                pfd = landlock.open_path(grant.path)
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                raise PolicyError(
+                    f"cannot open {grant.path}: {errno.errorcode.get(err.errno or 0, err)}",
+                    "policy",
+                    grant.origin,
+                ) from err
+            try:
+                is_dir = os.path.isdir(f"/proc/self/fd/{pfd}")
+                rights = grant.rights
+                if not is_dir:
+                    rights &= landlock.FILE_RIGHTS
+                elif not grant.tree:
+                    raise PolicyError(
+                        f"{grant.path} is a directory; allow the tree with {grant.path}/*** "
+                        "(a rule for the directory alone needs the supervisor)",
+                        "policy",
+                        grant.origin,
+                    )
+                if rights:
+                    landlock.add_path_rule(fd, rights, pfd, grant.path)
+            finally:
+                os.close(pfd)
+        for port, net_rights in lp.ports:
+            landlock.add_port_rule(fd, net_rights, port)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class SandboxProcess(subprocess.Popen[Any]):
+    """A confined child process; a ``subprocess.Popen`` in every respect.
+
+    The child enters the sandbox between fork and exec.  A setup failure
+    raises :class:`stockade.LaunchError`; a command that cannot be found or
+    executed raises ``FileNotFoundError``/``PermissionError`` as Popen does.
+    """
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        prepared: Prepared,
+        *,
+        env: Mapping[str, str] | None = None,
+        **popen_kwargs: Any,
+    ) -> None:
+        self.prepared = prepared
+        self.timed_out = False
+        self.pidfd = -1
+        plan = prepared.plan
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        try:
+            setup = ChildSetup(
+                error_fd=write_fd,
+                parent_pid=os.getpid(),
+                rlimits=plan.rlimits,
+                personality=plan.personality,
+                no_thp=plan.policy.no_thp,
+                cpus=plan.policy.cpus,
+                drop_caps=plan.drop_caps,
+                cap_last=_cap_last() if plan.drop_caps else 0,
+                cgroup_procs_fd=prepared.cgroup.procs_fd if prepared.cgroup else None,
+                landlock_fd=prepared.ruleset_fd,
+                seccomp_filter=prepared.filter,
+            )
+            try:
+                super().__init__(
+                    list(args),
+                    preexec_fn=setup.run,
+                    close_fds=True,
+                    env=env,
+                    **popen_kwargs,
+                )
+            finally:
+                os.close(write_fd)
+            record = _read_record(read_fd)
+        finally:
+            os.close(read_fd)
+        if record:
+            super().wait()
+            prepared.close()
+            step, err = decode_record(record)
+            raise LaunchError(step, err)
+        # Our own child and not yet reaped, so the pid cannot have been reused.
+        self.pidfd = os.pidfd_open(self.pid)
+
+    def exited(self, timeout: float | None = 0) -> bool:
+        """Whether the command has exited, waiting up to *timeout* seconds
+        (None: forever) without reaping it."""
+        if self.returncode is not None:
+            return True
+        ready, _, _ = select.select([self.pidfd], [], [], timeout)
+        return bool(ready)
+
+    def kill_tree(self) -> None:
+        """SIGKILL the command and every process it started.
+
+        Safe before and after the command exits, as long as it has not been
+        reaped: its zombie keeps its pid and process-group id from reuse.
+        """
+        if self.returncode is not None:
+            return
+        if self.prepared.cgroup is not None:
+            self.prepared.cgroup.kill_all()
+        kill_tree(self.pid)
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the command, then end every process it left behind."""
+        if self.returncode is None:
+            if not self.exited(timeout):
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
+            self.kill_tree()
+        code = super().wait()
+        self._release()
+        return code
+
+    def poll(self) -> int | None:
+        """Like Popen.poll; an exited command's leftovers are killed first."""
+        if self.returncode is None and self.exited(0):
+            return self.wait()
+        return self.returncode
+
+    def _release(self) -> None:
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+        self.prepared.close()
+
+
+def _read_record(fd: int) -> bytes:
+    data = b""
+    while len(data) < RECORD_SIZE:
+        try:
+            chunk = os.read(fd, RECORD_SIZE - len(data))
+        except InterruptedError:
+            continue
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+__all__ = ["Prepared", "SandboxProcess", "build_ruleset"]

@@ -1,0 +1,148 @@
+"""HOW a policy is enforced: Policy -> EnforcementPlan.
+
+The only package that knows both rules and kernel mechanisms.  Pure: the
+facts about the running kernel (Landlock ABI, whether we are root) come in
+as arguments, so every decision here is unit-testable without a kernel.
+"""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass
+
+from stockade.errors import PolicyError, UnsupportedError
+from stockade.plan.filter import FilterSpec, build_program
+from stockade.plan.landlock import LandlockPlan, NetPlan, compile_landlock, compile_net
+from stockade.policy.model import Policy
+
+RLIM_INFINITY = resource.RLIM_INFINITY
+
+RLIMIT_BY_NAME: dict[str, int] = {
+    "as": resource.RLIMIT_AS,
+    "core": resource.RLIMIT_CORE,
+    "cpu": resource.RLIMIT_CPU,
+    "data": resource.RLIMIT_DATA,
+    "fsize": resource.RLIMIT_FSIZE,
+    "locks": 10,  # RLIMIT_LOCKS; absent from the resource module
+    "memlock": resource.RLIMIT_MEMLOCK,
+    "msgqueue": resource.RLIMIT_MSGQUEUE,
+    "nice": resource.RLIMIT_NICE,
+    "nofile": resource.RLIMIT_NOFILE,
+    "nproc": resource.RLIMIT_NPROC,
+    "rss": resource.RLIMIT_RSS,
+    "rtprio": resource.RLIMIT_RTPRIO,
+    "rttime": resource.RLIMIT_RTTIME,
+    "sigpending": resource.RLIMIT_SIGPENDING,
+    "stack": resource.RLIMIT_STACK,
+}
+
+#: personality(2) flag for ``no_aslr``.
+ADDR_NO_RANDOMIZE = 0x0040000
+
+
+@dataclass(frozen=True)
+class KernelFacts:
+    """What the plan needs to know about where it will run."""
+
+    landlock_abi: int
+    #: We run with capabilities (root): the child must drop them, and
+    #: RLIMIT_NPROC does not bind uid 0, so ``max_procs`` needs a cgroup.
+    privileged: bool = False
+    #: A pids cgroup can be created for ``max_procs`` and tree kills.
+    cgroup_pids: bool = False
+
+
+@dataclass(frozen=True)
+class EnforcementPlan:
+    """Every kernel-layer operation one sandbox needs, as plain data."""
+
+    policy: Policy
+    landlock: LandlockPlan
+    net: NetPlan
+    filter: FilterSpec
+    filter_program: bytes
+    #: (resource, soft, hard) with ``RLIM_INFINITY`` for unlimited.
+    rlimits: tuple[tuple[int, int, int], ...]
+    personality: int | None
+    drop_caps: bool
+    #: Limit processes with a pids cgroup (root) instead of RLIMIT_NPROC.
+    pids_cgroup_max: int | None
+
+
+def compile_plan(policy: Policy, facts: KernelFacts) -> EnforcementPlan:
+    """Assign every part of *policy* to the cheapest layer that enforces it
+    exactly.  Raises :class:`PolicyError` for what no layer in this release
+    can enforce and :class:`UnsupportedError` for what this kernel lacks."""
+    _refuse_unimplemented(policy)
+    if facts.landlock_abi < 1:
+        raise UnsupportedError("Landlock", "Linux 5.13 with Landlock enabled (lsm=landlock)")
+    if facts.landlock_abi < 6:
+        raise UnsupportedError(
+            "signal and abstract UNIX socket scoping",
+            "Landlock ABI 6 (Linux 6.12)",
+            f"this kernel has ABI {facts.landlock_abi}; without it the sandbox could signal "
+            "and connect to host processes",
+        )
+    net = compile_net(policy)
+    landlock = compile_landlock(policy, net, facts.landlock_abi)
+    deny_tcp = facts.landlock_abi < 4 and not (net.connect_all and net.bind_all)
+    spec = FilterSpec(allow_udp=net.allow_udp, deny_tcp=deny_tcp)
+
+    limits: dict[int, tuple[int, int]] = {}
+    if policy.memory is not None:
+        # RLIMIT_DATA, not RLIMIT_AS: runtimes that reserve address space
+        # up front (V8, the JVM, Go) fail under RLIMIT_AS long before they
+        # use the memory (bench/memory_limits.py measures it).
+        limits[resource.RLIMIT_DATA] = (policy.memory, policy.memory)
+    pids_max: int | None = None
+    if policy.max_procs is not None:
+        if facts.privileged:
+            if not facts.cgroup_pids:
+                raise UnsupportedError(
+                    "max_procs as root",
+                    "a writable pids cgroup (cgroup v1 pids controller or cgroup v2)",
+                    "RLIMIT_NPROC never limits uid 0",
+                )
+            pids_max = policy.max_procs
+        else:
+            limits[resource.RLIMIT_NPROC] = (policy.max_procs, policy.max_procs)
+    for rl in policy.rlimits:
+        number = RLIMIT_BY_NAME[rl.name]
+        soft = RLIM_INFINITY if rl.soft is None else rl.soft
+        hard = RLIM_INFINITY if rl.hard is None else rl.hard
+        limits[number] = (soft, hard)
+    return EnforcementPlan(
+        policy=policy,
+        landlock=landlock,
+        net=net,
+        filter=spec,
+        filter_program=build_program(spec),
+        rlimits=tuple((res, soft, hard) for res, (soft, hard) in sorted(limits.items())),
+        personality=ADDR_NO_RANDOMIZE if policy.no_aslr else None,
+        drop_caps=facts.privileged,
+        pids_cgroup_max=pids_max,
+    )
+
+
+def _refuse_unimplemented(policy: Policy) -> None:
+    """Options whose layer has not landed yet are errors, never ignored."""
+    pending = {
+        "unshare": bool(policy.unshare),
+        "root": policy.root is not None,
+        "bind": bool(policy.binds),
+        "tmpfs": bool(policy.tmpfs),
+        "hostname": policy.hostname is not None,
+        "no_net": policy.no_net,
+        "ipc": policy.ipc is not None,
+        "pty": policy.pty,
+    }
+    for key, used in pending.items():
+        if used:
+            layer = (
+                "the control socket" if key == "ipc"
+                else "pseudo-terminal support" if key == "pty"
+                else "the namespace layer"
+            )  # fmt: skip
+            raise PolicyError(
+                f"needs {layer}, which this release does not have yet", "policy", key
+            )

@@ -1,0 +1,265 @@
+"""The seccomp-bpf program every sandbox runs under.
+
+Layout (each block is short, so no jump needs more than 255 instructions):
+
+1. ``arch != AUDIT_ARCH_X86_64`` -> kill the process: an ``int 0x80`` (i386)
+   call or any foreign ABI never reaches the kernel's handler.
+2. ``nr >= X32_SYSCALL_BIT`` -> kill: x32 calls reuse 64-bit handlers under
+   other numbers and would slip past a list of 64-bit numbers.
+3. One block per system call that has a verdict: a plain ``JEQ nr`` followed
+   by ``RET``, or a block of argument checks on the low 32 bits.
+4. Everything else is allowed; Landlock and the namespaces do the rest.
+
+Denied calls answer EPERM (the answer a process without privilege gets)
+except ``clone3``, which answers ENOSYS so that libc falls back to
+``clone``, whose flags the filter can see.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from stockade.kernel import syscalls
+from stockade.kernel.bpf import OFF_ARCH, OFF_NR, Program, arg_lo
+from stockade.kernel.bpf import BPF_JGE as JGE
+from stockade.kernel.bpf import BPF_JSET
+from stockade.kernel.seccomp import (
+    SECCOMP_RET_ALLOW,
+    SECCOMP_RET_KILL_PROCESS,
+    ret_errno,
+)
+
+#: Denied outright: the mount family and new mount API, root changes,
+#: tracing and cross-process memory access, kernel extension points, keys,
+#: io_uring (its operations bypass this filter), handles that bypass path
+#: checks, system administration, and namespace changes.
+DENY_EPERM: tuple[str, ...] = (
+    # mounts and roots
+    "mount", "umount2", "pivot_root", "chroot",
+    "fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree",
+    "mount_setattr", "open_tree_attr",
+    # tracing and other processes' memory
+    "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp",
+    # kernel extension points
+    "bpf", "perf_event_open", "kexec_load", "kexec_file_load",
+    "init_module", "finit_module", "delete_module",
+    # keyrings
+    "keyctl", "add_key", "request_key",
+    # memory tricks used by exploits
+    "userfaultfd",
+    # io_uring
+    "io_uring_setup", "io_uring_enter", "io_uring_register",
+    # file handles bypass path resolution
+    "open_by_handle_at", "name_to_handle_at",
+    # administration
+    "swapon", "swapoff", "reboot", "acct", "quotactl", "quotactl_fd",
+    "syslog", "vhangup", "iopl", "ioperm", "settimeofday", "clock_settime",
+    "clock_adjtime", "adjtimex", "sethostname", "setdomainname",
+    "lookup_dcookie", "uselib", "fanotify_init", "nfsservctl",
+    # namespaces
+    "setns", "unshare",
+)  # fmt: skip
+
+CLONE_NS_FLAGS = (
+    0x00000080,  # CLONE_NEWTIME
+    0x00020000,  # CLONE_NEWNS
+    0x02000000,  # CLONE_NEWCGROUP
+    0x04000000,  # CLONE_NEWUTS
+    0x08000000,  # CLONE_NEWIPC
+    0x10000000,  # CLONE_NEWUSER
+    0x20000000,  # CLONE_NEWPID
+    0x40000000,  # CLONE_NEWNET
+)
+
+TIOCSTI = 0x5412
+TIOCLINUX = 0x541C
+#: ioctls that inject input into or take over a terminal.
+DENY_IOCTLS = (TIOCSTI, TIOCLINUX)
+
+PR_SET_DUMPABLE = 4
+PR_SET_SECUREBITS = 28
+PR_SET_MM = 35
+PR_SET_PTRACER = 0x59616D61
+#: prctl options that rewrite the process image's identity, open it to
+#: tracing, or change securebits.  PR_SET_DUMPABLE is denied only when it
+#: would make the process dumpable again.
+DENY_PRCTL = (PR_SET_MM, PR_SET_PTRACER, PR_SET_SECUREBITS)
+
+#: personality(2) values that are harmless: PER_LINUX, PER_LINUX32, their
+#: UNAME26 / ADDR_NO_RANDOMIZE variants (what ``setarch -R`` asks for), and
+#: the 0xffffffff query.  READ_IMPLIES_EXEC, MMAP_PAGE_ZERO and the other
+#: flags weaken the process's own memory protections and are refused.
+PERSONALITY_ALLOWED = (
+    0x00000000,
+    0x00000008,
+    0x00020000,
+    0x00040000,
+    0x00040008,
+    0x00060000,
+    0xFFFFFFFF,
+)
+
+AF_UNIX = 1
+AF_INET = 2
+AF_INET6 = 10
+AF_NETLINK = 16
+SOCK_STREAM = 1
+SOCK_DGRAM = 2
+SOCK_RAW = 3
+SOCK_SEQPACKET = 5
+SOCK_TYPE_MASK = 0xF
+NETLINK_SOCK_DIAG = 4
+IPPROTO_ICMP = 1
+IPPROTO_ICMPV6 = 58
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    """The inputs that change the program from one policy to another."""
+
+    #: inet datagram sockets (UDP, ping) may be created.
+    allow_udp: bool = False
+    #: inet stream sockets are refused outright (no Landlock ABI 4 here).
+    deny_tcp: bool = False
+
+
+def build_program(spec: FilterSpec) -> bytes:
+    """Assemble the filter for *spec*."""
+    p = Program()
+    kill = SECCOMP_RET_KILL_PROCESS
+    allow = SECCOMP_RET_ALLOW
+    eperm = ret_errno(errno.EPERM)
+    eacces = ret_errno(errno.EACCES)
+
+    p.load(OFF_ARCH)
+    arch_ok = p.new_label("arch_ok")
+    p.jeq(syscalls.AUDIT_ARCH, arch_ok, 0)
+    p.ret(kill)
+    p.label(arch_ok)
+    p.load(OFF_NR)
+    not_x32 = p.new_label("not_x32")
+    p.jump(JGE, syscalls.X32_SYSCALL_BIT, 0, not_x32)
+    p.ret(kill)
+    p.label(not_x32)
+
+    for name in DENY_EPERM:
+        _deny(p, syscalls.nr(name), eperm)
+    _deny(p, syscalls.nr("clone3"), ret_errno(errno.ENOSYS))
+
+    # clone: refuse any namespace flag (flags are args[0] on x86_64).
+    _block(p, syscalls.nr("clone"), lambda: _any_bit(p, 0, CLONE_NS_FLAGS, eperm, allow))
+    _block(p, syscalls.nr("ioctl"), lambda: _one_of(p, 1, DENY_IOCTLS, eperm, allow))
+    _block(p, syscalls.nr("prctl"), lambda: _prctl(p, eperm, allow))
+    _block(
+        p,
+        syscalls.nr("personality"),
+        lambda: _one_of(p, 0, PERSONALITY_ALLOWED, allow, eperm),
+    )
+    _block(p, syscalls.nr("socket"), lambda: _socket(p, spec, eacces, allow))
+    _block(p, syscalls.nr("socketpair"), lambda: _socketpair(p, eacces, allow))
+    p.ret(allow)
+    return p.assemble()
+
+
+def _deny(p: Program, nr: int, action: int) -> None:
+    skip = p.new_label("skip")
+    p.jeq(nr, 0, skip)
+    p.ret(action)
+    p.label(skip)
+
+
+def _block(p: Program, nr: int, body: Callable[[], None]) -> None:
+    """``if nr == NR: body``.  *body* ends in a RET on every path, so the
+    accumulator still holds ``nr`` where the skip lands."""
+    skip = p.new_label("skip")
+    p.jeq(nr, 0, skip)
+    body()
+    p.label(skip)
+
+
+def _one_of(p: Program, arg: int, values: tuple[int, ...], hit: int, miss: int) -> None:
+    """RET *hit* when the low word of args[arg] is one of *values*, else *miss*."""
+    p.load(arg_lo(arg))
+    yes = p.new_label("yes")
+    for value in values:
+        p.jeq(value, yes, 0)
+    p.ret(miss)
+    p.label(yes)
+    p.ret(hit)
+
+
+def _any_bit(p: Program, arg: int, bits: tuple[int, ...], hit: int, miss: int) -> None:
+    """RET *hit* when any of *bits* is set in the low word of args[arg]."""
+    p.load(arg_lo(arg))
+    mask = 0
+    for bit in bits:
+        mask |= bit
+    yes = p.new_label("yes")
+    p.jump(BPF_JSET, mask, yes, 0)
+    p.ret(miss)
+    p.label(yes)
+    p.ret(hit)
+
+
+def _prctl(p: Program, deny: int, allow: int) -> None:
+    p.load(arg_lo(0))
+    no = p.new_label("no")
+    for option in DENY_PRCTL:
+        p.jeq(option, no, 0)
+    dumpable = p.new_label("dumpable")
+    p.jeq(PR_SET_DUMPABLE, dumpable, 0)
+    p.ret(allow)
+    p.label(dumpable)
+    p.load(arg_lo(1))
+    p.jeq(0, 0, no)  # making itself non-dumpable is always fine
+    p.ret(allow)
+    p.label(no)
+    p.ret(deny)
+
+
+def _socket(p: Program, spec: FilterSpec, deny: int, allow: int) -> None:
+    """socket(domain, type, protocol): UNIX always; inet per policy; netlink
+    except sock_diag (it lists every socket of the host); nothing else."""
+    inet = p.new_label("inet")
+    netlink = p.new_label("netlink")
+    p.load(arg_lo(0))
+    unix = p.new_label("unix")
+    p.jeq(AF_UNIX, unix, 0)
+    p.jeq(AF_INET, inet, 0)
+    p.jeq(AF_INET6, inet, 0)
+    p.jeq(AF_NETLINK, netlink, 0)
+    p.ret(ret_errno(errno.EAFNOSUPPORT))
+    p.label(unix)
+    p.ret(allow)
+
+    p.label(inet)
+    p.load(arg_lo(1))
+    p.and_(SOCK_TYPE_MASK)
+    stream = p.new_label("stream")
+    dgram = p.new_label("dgram")
+    p.jeq(SOCK_STREAM, stream, 0)
+    p.jeq(SOCK_DGRAM, dgram, 0)
+    p.ret(deny)  # raw, packet, seqpacket (SCTP) and anything newer
+    p.label(stream)
+    p.ret(deny if spec.deny_tcp else allow)
+    p.label(dgram)
+    p.ret(allow if spec.allow_udp else deny)
+
+    p.label(netlink)
+    p.load(arg_lo(2))
+    no = p.new_label("no")
+    p.jeq(NETLINK_SOCK_DIAG, no, 0)
+    p.ret(allow)
+    p.label(no)
+    p.ret(deny)
+
+
+def _socketpair(p: Program, deny: int, allow: int) -> None:
+    p.load(arg_lo(0))
+    ok = p.new_label("ok")
+    p.jeq(AF_UNIX, ok, 0)
+    p.ret(deny)
+    p.label(ok)
+    p.ret(allow)

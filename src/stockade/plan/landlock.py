@@ -1,0 +1,250 @@
+"""Compile filesystem and network rules to a Landlock ruleset description.
+
+Landlock is a union of allow rules over whole trees (or single files) and
+TCP ports.  A policy compiles here only when that union is *exactly* the
+policy: allow rules must be literal paths or ``LITERAL/***`` trees, and a
+deny rule must not fall inside a tree an earlier rule allowed (a later
+allow overrides the deny anyway).  Anything else needs a mount mask or the
+supervisor and is refused with an error naming the rule, never weakened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stockade.errors import PolicyError, UnsupportedError
+from stockade.kernel.landlock import AccessFs, AccessNet, Scope, fs_rights_for_abi, scopes_for_abi
+from stockade.policy import patterns
+from stockade.policy.model import Action, Category, Policy, PortRange, Rule
+
+#: The Landlock rights each rule category stands for.
+CATEGORY_RIGHTS: dict[Category, AccessFs] = {
+    Category.READ: AccessFs.READ_FILE | AccessFs.READ_DIR,
+    Category.WRITE: AccessFs.WRITE_FILE | AccessFs.TRUNCATE,
+    Category.EXEC: AccessFs.EXECUTE,
+    Category.CREATE: AccessFs.MAKE_REG
+    | AccessFs.MAKE_DIR
+    | AccessFs.MAKE_SYM
+    | AccessFs.MAKE_FIFO
+    | AccessFs.MAKE_SOCK
+    | AccessFs.REFER,
+    Category.DELETE: AccessFs.REMOVE_FILE | AccessFs.REMOVE_DIR | AccessFs.REFER,
+    Category.IOCTL: AccessFs.IOCTL_DEV,
+}
+
+#: Rights no rule ever grants: device nodes are never created in a sandbox.
+ALWAYS_DENIED = AccessFs.MAKE_CHAR | AccessFs.MAKE_BLOCK
+
+_ABI_OF_RIGHT = {AccessFs.REFER: 2, AccessFs.TRUNCATE: 3, AccessFs.IOCTL_DEV: 5}
+_KERNEL_OF_ABI = {1: "5.13", 2: "5.19", 3: "6.2", 4: "6.7", 5: "6.10", 6: "6.12", 7: "6.15"}
+
+
+@dataclass(frozen=True)
+class PathGrant:
+    """Allow ``rights`` beneath ``path`` (a tree) or on ``path`` alone."""
+
+    path: str
+    rights: AccessFs
+    tree: bool
+    #: Where the grant came from, for error messages.
+    origin: str
+
+
+@dataclass(frozen=True)
+class LandlockPlan:
+    """Everything needed to build one Landlock ruleset."""
+
+    abi: int
+    handled_fs: AccessFs
+    handled_net: AccessNet
+    scoped: Scope
+    grants: tuple[PathGrant, ...]
+    #: (port, rights) pairs.
+    ports: tuple[tuple[int, AccessNet], ...]
+
+
+@dataclass(frozen=True)
+class NetPlan:
+    """What the network rules need from the kernel layers."""
+
+    connect_all: bool
+    bind_all: bool
+    connect_ports: tuple[PortRange, ...]
+    bind_ports: tuple[PortRange, ...]
+    #: UDP (and other datagram) sockets of the inet families may be created.
+    allow_udp: bool
+
+
+def needs_abi(abi: int, need: int, feature: str, hint: str) -> None:
+    """Raise :class:`UnsupportedError` when *abi* is older than *need*."""
+    if abi < need:
+        raise UnsupportedError(
+            feature,
+            f"Landlock ABI {need} (Linux {_KERNEL_OF_ABI[need]})",
+            f"this kernel has ABI {abi}; {hint}",
+        )
+
+
+def compile_fs(policy: Policy, abi: int) -> tuple[AccessFs, tuple[PathGrant, ...]]:
+    """The handled rights and the grants for the filesystem categories."""
+    if Category.STAT in policy.enabled:
+        raise PolicyError(
+            "stat rules need the supervisor, which this release does not have yet; "
+            "use sandbox/stat:off",
+            "policy",
+            "sandbox/stat:on",
+        )
+    known = fs_rights_for_abi(abi)
+    handled = AccessFs(0)
+    grants: dict[tuple[str, bool], tuple[AccessFs, str]] = {}
+    for category, rights in CATEGORY_RIGHTS.items():
+        if category not in policy.enabled:
+            continue
+        for right, need in _ABI_OF_RIGHT.items():
+            if rights & right and need > abi and right is not AccessFs.REFER:
+                needs_abi(
+                    abi,
+                    need,
+                    f"{category} rules ({right.name})",
+                    f"turn the category off with -c sandbox/{category}:off to run unrestricted",
+                )
+        handled |= rights & known
+        allowed: list[Rule] = []
+        for rule in policy.rules_for(category):
+            if rule.action is Action.ALLOW:
+                _check_allow(rule)
+                allowed.append(rule)
+                root = patterns.tree_root(rule.pattern)
+                key = (root, True) if root is not None else (rule.pattern, False)
+                old, origin = grants.get(key, (AccessFs(0), str(rule)))
+                grants[key] = (old | (rights & known), origin)
+            else:
+                for earlier in allowed:
+                    if patterns.may_overlap(earlier.pattern, rule.pattern):
+                        raise PolicyError(
+                            f"a deny inside an allowed tree ({earlier}) needs a mount mask or "
+                            "the supervisor, which this release does not have yet",
+                            "policy",
+                            str(rule),
+                        )
+    if handled:
+        handled |= ALWAYS_DENIED
+    return handled, tuple(
+        PathGrant(path, rights, tree, origin)
+        for (path, tree), (rights, origin) in grants.items()
+        if rights
+    )
+
+
+def _check_allow(rule: Rule) -> None:
+    if patterns.tree_root(rule.pattern) is None and not patterns.is_literal(rule.pattern):
+        raise PolicyError(
+            "an allow rule with a glob other than a trailing /*** needs the supervisor, "
+            "which this release does not have yet; allow the tree (DIR/***) instead",
+            "policy",
+            str(rule),
+        )
+
+
+def compile_net(policy: Policy) -> NetPlan:
+    """Reduce the network rules to port sets that Landlock and the filter hold."""
+    connect_all, connect = _ports(policy, Category.NET_CONNECT)
+    bind_all, bind = _ports(policy, Category.NET_BIND)
+    allow_udp = Category.NET_SEND not in policy.enabled
+    for rule in policy.rules_for(Category.NET_SEND):
+        if rule.pattern not in ("*!*",):
+            raise PolicyError(
+                "datagram rules for particular addresses or ports need the supervisor, "
+                "which this release does not have yet; allow/net/send+*!* allows all UDP",
+                "policy",
+                str(rule),
+            )
+        allow_udp = rule.action is Action.ALLOW or Category.NET_SEND not in policy.enabled
+    return NetPlan(connect_all, bind_all, connect, bind, allow_udp)
+
+
+def _ports(policy: Policy, category: Category) -> tuple[bool, tuple[PortRange, ...]]:
+    if category not in policy.enabled:
+        return True, ()
+    ports: set[int] = set()
+    everything = False
+    allowed: list[tuple[Rule, frozenset[int] | None]] = []
+    for rule in policy.rules_for(category):
+        host, _, port_text = rule.pattern.rpartition("!")
+        if host != "*":
+            raise PolicyError(
+                "rules for particular addresses or hostnames need the supervisor, "
+                "which this release does not have yet; only *:PORTS rules are enforced",
+                "policy",
+                str(rule),
+            )
+        span = _expand(port_text)
+        if rule.action is Action.ALLOW:
+            allowed.append((rule, span))
+            if span is None:
+                everything = True
+            else:
+                ports |= span
+        else:
+            for earlier, espan in allowed:
+                if espan is None or span is None or espan & span:
+                    raise PolicyError(
+                        f"a deny inside allowed ports ({earlier}) needs the supervisor, "
+                        "which this release does not have yet",
+                        "policy",
+                        str(rule),
+                    )
+    return everything, _ranges(ports)
+
+
+def _expand(text: str) -> frozenset[int] | None:
+    if text == "*":
+        return None
+    out: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        out.update(range(int(first), int(last or first) + 1))
+    if len(out) == 65536:
+        return None
+    return frozenset(out)
+
+
+def _ranges(ports: set[int]) -> tuple[PortRange, ...]:
+    out: list[PortRange] = []
+    for port in sorted(ports):
+        if out and out[-1].last == port - 1:
+            out[-1] = PortRange(out[-1].first, port)
+        else:
+            out.append(PortRange(port, port))
+    return tuple(out)
+
+
+def compile_landlock(policy: Policy, net: NetPlan, abi: int) -> LandlockPlan:
+    """The Landlock ruleset for *policy* on a kernel with ABI *abi*."""
+    handled_fs, grants = compile_fs(policy, abi)
+    handled_net = AccessNet(0)
+    port_rules: list[tuple[int, AccessNet]] = []
+    wants_net = not (net.connect_all and net.bind_all)
+    if wants_net and abi >= 4:
+        by_port: dict[int, AccessNet] = {}
+        if not net.connect_all:
+            handled_net |= AccessNet.CONNECT_TCP
+            for rng in net.connect_ports:
+                for port in range(rng.first, rng.last + 1):
+                    by_port[port] = by_port.get(port, AccessNet(0)) | AccessNet.CONNECT_TCP
+        if not net.bind_all:
+            handled_net |= AccessNet.BIND_TCP
+            for rng in net.bind_ports:
+                for port in range(rng.first, rng.last + 1):
+                    by_port[port] = by_port.get(port, AccessNet(0)) | AccessNet.BIND_TCP
+        port_rules = sorted(by_port.items())
+    elif wants_net and (net.connect_ports or net.bind_ports):
+        needs_abi(abi, 4, "TCP port rules", "without it only all-or-nothing TCP is possible")
+    return LandlockPlan(
+        abi=abi,
+        handled_fs=handled_fs,
+        handled_net=handled_net,
+        scoped=scopes_for_abi(abi),
+        grants=grants,
+        ports=tuple(port_rules),
+    )

@@ -1,0 +1,336 @@
+"""Sandbox: policy -> plan -> launch -> supervise -> reap -> Result."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from stockade.errors import PolicyError
+from stockade.kernel import cgroup, landlock
+from stockade.launch.spawn import Prepared, SandboxProcess
+from stockade.plan import EnforcementPlan, KernelFacts, compile_plan
+
+from stockade.policy.model import Policy
+
+PIPE = subprocess.PIPE
+DEVNULL = subprocess.DEVNULL
+STDOUT = subprocess.STDOUT
+
+#: PATH given to a command when the environment is cleaned.
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+@dataclass(frozen=True)
+class Denial:
+    """One access the sandbox refused (SPEC section 6)."""
+
+    syscall: str
+    category: str
+    target: str
+    pid: int
+    errno: int
+
+
+@dataclass
+class Result:
+    """What a finished sandboxed run produced."""
+
+    args: list[str]
+    returncode: int
+    stdout: bytes | None = None
+    stderr: bytes | None = None
+    timed_out: bool = False
+    #: Seconds from spawn to exit.
+    duration: float = 0.0
+    denials: list[Denial] = field(default_factory=list)
+
+    @property
+    def signal(self) -> int | None:
+        """The signal that killed the command, or None if it exited."""
+        return -self.returncode if self.returncode < 0 else None
+
+    def check_returncode(self) -> None:
+        """Raise ``subprocess.CalledProcessError`` if the command failed."""
+        if self.returncode:
+            raise subprocess.CalledProcessError(self.returncode, self.args, self.stdout, self.stderr)
+
+
+def kernel_facts() -> KernelFacts:
+    """What the plan needs to know about this kernel and this process."""
+    abi = landlock.abi_version() or 0
+    privileged = os.geteuid() == 0
+    return KernelFacts(
+        landlock_abi=abi,
+        privileged=privileged,
+        cgroup_pids=privileged and cgroup.pids_root() is not None,
+    )
+
+
+_Paths = Iterable[str | os.PathLike[str]]
+
+
+class Sandbox:
+    """A reusable sandbox policy that runs commands confined by it.
+
+    Build it from keyword arguments (SPEC section 3) or a ready
+    :class:`Policy`; invalid arguments raise :class:`stockade.PolicyError`
+    before anything runs.  :meth:`run` and :meth:`popen` may be called from
+    many threads at once.
+    """
+
+    def __init__(
+        self,
+        *,
+        policy: Policy | None = None,
+        profile: str | None = None,
+        read: _Paths = (),
+        write: _Paths = (),
+        exec: _Paths = (),  # noqa: A002 - the option's name in the SPEC
+        deny: _Paths = (),
+        rules: Iterable[str] = (),
+        net_allow: Iterable[str] = (),
+        net_bind: Iterable[str | int] = (),
+        memory: str | int | None = None,
+        max_procs: int | None = None,
+        timeout: float | None = None,
+        rlimits: Mapping[str, Any] | Iterable[str] = (),
+        env: Mapping[str, str] | None = None,
+        clean_env: bool = False,
+        cwd: str | None = None,
+        no_aslr: bool = False,
+        no_thp: bool = False,
+        cpus: Iterable[int] = (),
+        on_event: Callable[[Any], Any] | None = None,
+    ) -> None:
+        if on_event is not None:
+            raise PolicyError(
+                "needs the supervisor, which this release does not have yet",
+                "Sandbox",
+                "on_event",
+            )
+        if policy is not None:
+            given = [read, write, exec, deny, rules, net_allow, net_bind]
+            if profile is not None or any(list(x) for x in given):
+                raise PolicyError(
+                    "give either policy= or access options, not both", "Sandbox", "policy"
+                )
+            self.policy = policy
+        else:
+            from stockade.policy.builder import PolicyBuilder
+
+            b = PolicyBuilder("Sandbox")
+            if profile is not None:
+                b.profile(profile)
+            for kind, paths in (("read", read), ("write", write), ("exec", exec)):
+                for path in paths:
+                    text = _existing(os.fspath(path), kind)
+                    getattr(b, kind)(text)
+            for path in deny:
+                b.deny(os.fspath(path))
+            for spec in net_allow:
+                b.net_allow(spec)
+            for ports in net_bind:
+                b.net_bind(str(ports))
+            for line in rules:
+                b.rule(line)
+            items: dict[str, Any] = {
+                "memory": memory,
+                "max_procs": max_procs,
+                "timeout": timeout,
+                "cwd": cwd,
+            }
+            for key, value in items.items():
+                if value is not None:
+                    b.set(key, value)
+            if clean_env:
+                b.set("clean_env", True)
+            if no_aslr:
+                b.set("no_aslr", True)
+            if no_thp:
+                b.set("no_thp", True)
+            cpu_list = list(cpus)
+            if cpu_list:
+                b.set("cpus", cpu_list)
+            for k, v in (env or {}).items():
+                b.set("env", (k, v))
+            items_rl = rlimits.items() if isinstance(rlimits, Mapping) else None
+            if items_rl is not None:
+                for name, value in items_rl:
+                    b.set("rlimit", f"{name}={value}")
+            else:
+                for text in rlimits:  # type: ignore[union-attr]
+                    b.set("rlimit", text)
+            self.policy = b.build()
+        self._plan: EnforcementPlan | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def plan(self) -> EnforcementPlan:
+        """The enforcement plan, compiled once (raises PolicyError or
+        UnsupportedError when the policy cannot be enforced here)."""
+        with self._lock:
+            if self._plan is None:
+                self._plan = compile_plan(self.policy, kernel_facts())
+            return self._plan
+
+    def environment(self, tmpdir: str | None) -> dict[str, str]:
+        """The environment the command starts with."""
+        p = self.policy
+        env = {"PATH": DEFAULT_PATH} if p.clean_env else dict(os.environ)
+        env.update(p.env)
+        if tmpdir is not None:
+            env["TMPDIR"] = tmpdir
+        return env
+
+    def popen(self, args: Sequence[str], **kwargs: Any) -> SandboxProcess:
+        """Start *args* in the sandbox; returns a ``subprocess.Popen``.
+
+        Accepts Popen's keyword arguments except those that would undo the
+        sandbox (``preexec_fn``, ``close_fds``, ``pass_fds``, ``user``...).
+        The policy's ``cwd`` and environment apply unless given here.
+        Raises PolicyError, UnsupportedError, LaunchError, or the OSError
+        Popen raises when the command cannot be executed.
+        """
+        for bad in ("preexec_fn", "close_fds", "pass_fds", "user", "group", "extra_groups",
+                    "start_new_session", "process_group", "shell", "executable"):  # fmt: skip
+            if bad in kwargs:
+                raise PolicyError(f"not supported in a sandbox: {bad}", "popen", bad)
+        plan = self.plan
+        prepared = Prepared(plan)
+        try:
+            env = kwargs.pop("env", None)
+            if env is None:
+                env = self.environment(prepared.tmpdir)
+            kwargs.setdefault("cwd", self.policy.cwd)
+            return SandboxProcess(list(args), prepared, env=env, **kwargs)
+        except BaseException:
+            prepared.close()
+            raise
+
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        input: bytes | None = None,  # noqa: A002 - subprocess.run's name
+        capture: bool = False,
+        timeout: float | None = None,
+        stdin: int | IO[Any] | None = None,
+        stdout: int | IO[Any] | None = None,
+        stderr: int | IO[Any] | None = None,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Result:
+        """Run *args* to completion and return a :class:`Result`.
+
+        ``timeout`` (default: the policy's) kills the whole process tree
+        when it passes; the result then has ``timed_out`` set.  When the
+        command exits, every process it left behind is killed too.
+        """
+        limit = timeout if timeout is not None else self.policy.timeout
+        if input is not None:
+            stdin = PIPE
+        if capture:
+            stdout = PIPE if stdout is None else stdout
+            stderr = PIPE if stderr is None else stderr
+        kwargs: dict[str, Any] = {"stdin": stdin, "stdout": stdout, "stderr": stderr}
+        if cwd is not None:
+            kwargs["cwd"] = cwd
+        if env is not None:
+            kwargs["env"] = dict(env)
+        start = time.monotonic()
+        proc = self.popen(args, **kwargs)
+        try:
+            out, err = _communicate(proc, input, limit)
+        except BaseException:
+            proc.kill_tree()
+            proc.wait()
+            raise
+        return Result(
+            args=list(args),
+            returncode=proc.returncode,
+            stdout=out,
+            stderr=err,
+            timed_out=proc.timed_out,
+            duration=time.monotonic() - start,
+        )
+
+
+def _existing(path: str, kind: str) -> str:
+    if os.path.isabs(path) and not os.path.lexists(path):
+        raise PolicyError(f"{path}: no such file or directory", "Sandbox", kind)
+    return path
+
+
+def _communicate(
+    proc: SandboxProcess, data: bytes | None, timeout: float | None
+) -> tuple[bytes | None, bytes | None]:
+    """Feed stdin, collect stdout/stderr, and watch the command's exit.
+
+    Unlike ``Popen.communicate`` this does not wait for EOF from processes
+    the command left in the background: when the command exits, they are
+    killed, so their copies of the pipes close.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    chunks: dict[int, list[bytes]] = {}
+    sel = selectors.DefaultSelector()
+    try:
+        sel.register(proc.pidfd, selectors.EVENT_READ, "exit")
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                chunks[stream.fileno()] = []
+                sel.register(stream, selectors.EVENT_READ, "out")
+        view = memoryview(data or b"")
+        if proc.stdin is not None:
+            if data:
+                sel.register(proc.stdin, selectors.EVENT_WRITE, "in")
+            else:
+                proc.stdin.close()
+        exited = False
+        while sel.get_map():
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if remaining == 0.0 and not proc.timed_out and not exited:
+                proc.timed_out = True
+                proc.kill_tree()
+            events = sel.select(remaining if not proc.timed_out else None)
+            for key, _ in events:
+                if key.data == "exit":
+                    sel.unregister(key.fileobj)
+                    exited = True
+                    proc.kill_tree()
+                elif key.data == "in":
+                    assert proc.stdin is not None
+                    try:
+                        sent = os.write(proc.stdin.fileno(), view[:65536])
+                    except BrokenPipeError:
+                        sent = len(view)
+                    view = view[sent:]
+                    if not view:
+                        sel.unregister(key.fileobj)
+                        proc.stdin.close()
+                else:
+                    fd = key.fileobj.fileno()  # type: ignore[union-attr]
+                    chunk = os.read(fd, 65536)
+                    if chunk:
+                        chunks[fd].append(chunk)
+                    else:
+                        sel.unregister(key.fileobj)
+    finally:
+        sel.close()
+    if proc.stdin is not None and not proc.stdin.closed:
+        proc.stdin.close()
+    out = b"".join(chunks[proc.stdout.fileno()]) if proc.stdout is not None else None
+    err = b"".join(chunks[proc.stderr.fileno()]) if proc.stderr is not None else None
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+    proc.wait()
+    return out, err
+
+
+__all__ = ["DEVNULL", "PIPE", "STDOUT", "Denial", "Result", "Sandbox"]
