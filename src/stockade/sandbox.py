@@ -82,6 +82,12 @@ class Sandbox:
     :class:`Policy`; invalid arguments raise :class:`stockade.PolicyError`
     before anything runs.  :meth:`run` and :meth:`popen` may be called from
     many threads at once.
+
+    ``spawner`` chooses who forks the sandboxed process: ``"server"`` (the
+    default) sends each run to a small fork server started once per
+    process, so the cost does not grow with this process's memory and
+    every process a run leaves behind is found and ended; ``"fork"`` forks
+    from this process (what the command line does).
     """
 
     def __init__(
@@ -107,6 +113,7 @@ class Sandbox:
         no_thp: bool = False,
         cpus: Iterable[int] = (),
         on_event: Callable[[Any], Any] | None = None,
+        spawner: str = "server",
     ) -> None:
         if on_event is not None:
             raise PolicyError(
@@ -167,6 +174,9 @@ class Sandbox:
                 for text in rlimits:  # type: ignore[union-attr]
                     b.set("rlimit", text)
             self.policy = b.build()
+        if spawner not in ("server", "fork"):
+            raise PolicyError(f"expected 'server' or 'fork' (got {spawner!r})", "Sandbox", "spawner")
+        self.spawner = spawner
         self._plan: EnforcementPlan | None = None
         self._lock = threading.Lock()
 
@@ -188,7 +198,7 @@ class Sandbox:
             env["TMPDIR"] = tmpdir
         return env
 
-    def popen(self, args: Sequence[str], **kwargs: Any) -> SandboxProcess:
+    def popen(self, args: Sequence[str], **kwargs: Any) -> Any:
         """Start *args* in the sandbox; returns a ``subprocess.Popen``.
 
         Accepts Popen's keyword arguments except those that would undo the
@@ -208,7 +218,11 @@ class Sandbox:
             if env is None:
                 env = self.environment(prepared.tmpdir)
             kwargs.setdefault("cwd", self.policy.cwd)
-            return SandboxProcess(list(args), prepared, env=env, **kwargs)
+            if self.spawner == "fork":
+                return SandboxProcess(list(args), prepared, env=env, **kwargs)
+            from stockade.launch.client import ServerProcess
+
+            return ServerProcess(list(args), prepared, env=env, **kwargs)
         except BaseException:
             prepared.close()
             raise
@@ -280,7 +294,7 @@ def _communicate(
     chunks: dict[int, list[bytes]] = {}
     sel = selectors.DefaultSelector()
     try:
-        sel.register(proc.pidfd, selectors.EVENT_READ, "exit")
+        sel.register(proc.exit_fd, selectors.EVENT_READ, "exit")
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 chunks[stream.fileno()] = []

@@ -127,7 +127,9 @@ def run_command(args: argparse.Namespace) -> int:
             return 0
         if not argv:
             return fail("no command given: expected 'stockade run [OPTIONS] -- COMMAND [ARG...]'")
-        sandbox = Sandbox(policy=policy)
+        # The command line is small and single-threaded, and makes itself a
+        # subreaper: it forks the sandbox itself instead of using a fork server.
+        sandbox = Sandbox(policy=policy, spawner="fork")
         sandbox.plan  # noqa: B018 - compile now: refuse the policy before anything starts
     except (StockadeError, PolicyError) as err:
         return fail(str(err))

@@ -16,7 +16,6 @@ No other module calls ``ctypes.CDLL``.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 from collections.abc import Callable
@@ -43,6 +42,8 @@ SYS_landlock_create_ruleset = 444
 SYS_landlock_add_rule = 445
 SYS_landlock_restrict_self = 446
 SYS_personality = 135
+SYS_unshare = 272
+SYS_fsopen = 430
 SYS_sched_setaffinity = 203
 
 
@@ -93,17 +94,3 @@ def retry(fn: Callable[[], int], path: str | None = None) -> int:
             return ret
         if ctypes.get_errno() != errno.EINTR:
             _raise(path)
-
-
-def load_library(name: str) -> ctypes.CDLL | None:
-    """Load a shared library by its soname (``libseccomp.so.2``), or None."""
-    try:
-        return ctypes.CDLL(name, use_errno=True)
-    except OSError:
-        found = ctypes.util.find_library(name.removeprefix("lib").split(".so")[0])
-        if found is None:
-            return None
-        try:
-            return ctypes.CDLL(found, use_errno=True)
-        except OSError:
-            return None

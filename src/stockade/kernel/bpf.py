@@ -69,6 +69,7 @@ class Program:
     def __init__(self) -> None:
         self._insns: list[tuple[int, Label | int, Label | int, int]] = []
         self._labels: dict[str, int] = {}
+        self._far: list[tuple[int, Label]] = []
         self._counter = 0
 
     def new_label(self, hint: str = "L") -> Label:
@@ -92,6 +93,11 @@ class Program:
     def jeq(self, k: int, jt: Label | int = 0, jf: Label | int = 0) -> None:
         self.jump(BPF_JEQ, k, jt, jf)
 
+    def ja(self, target: Label) -> None:
+        """Unconditional jump; its 32-bit offset reaches anywhere."""
+        self._insns.append((BPF_JMP | BPF_JA, 0, 0, 0))
+        self._far.append((len(self._insns) - 1, target))
+
     def ret(self, value: int) -> None:
         self._insns.append((BPF_RET | BPF_K, 0, 0, value & 0xFFFFFFFF))
 
@@ -100,6 +106,10 @@ class Program:
 
     def assemble(self) -> bytes:
         """The program as ``struct sock_filter[]`` bytes."""
+        for pc, target in self._far:
+            code, jt, jf, _ = self._insns[pc]
+            self._insns[pc] = (code, jt, jf, self._labels[target.name] - pc - 1)
+        self._far.clear()
         out = bytearray()
         for pc, (code, jt, jf, k) in enumerate(self._insns):
             out += struct.pack("=HBBI", code, self._offset(pc, jt), self._offset(pc, jf), k)

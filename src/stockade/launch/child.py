@@ -14,7 +14,9 @@ The order, and why:
 1. ``setsid`` - the sandbox gets its own session and process group, so it
    cannot reach our terminal's job control and can be killed as a group.
 2. ``PR_SET_PDEATHSIG(SIGKILL)``, then check that the parent is still the
-   one that forked us (it may have died before the prctl).
+   one that forked us (it may have died before the prctl).  Optionally
+   become a child subreaper (kept across exec), so that what the command
+   daemonizes stays beneath it while it lives.
 3. cgroup - join the sandbox's cgroup before anything can fork.
 4. rlimits - before privileges are dropped (root could still raise them
    afterwards otherwise; see step 6).
@@ -49,6 +51,7 @@ STEP_CAPS = 9
 STEP_NNP = 10
 STEP_LANDLOCK = 11
 STEP_SECCOMP = 12
+STEP_SUBREAPER = 13
 
 STEP_NAMES = {
     STEP_SETSID: "setsid",
@@ -63,6 +66,7 @@ STEP_NAMES = {
     STEP_NNP: "prctl(PR_SET_NO_NEW_PRIVS)",
     STEP_LANDLOCK: "landlock_restrict_self",
     STEP_SECCOMP: "seccomp(SECCOMP_SET_MODE_FILTER)",
+    STEP_SUBREAPER: "prctl(PR_SET_CHILD_SUBREAPER)",
 }
 
 #: Exit status of a child that failed setup (never seen by users: the
@@ -72,6 +76,7 @@ SETUP_FAILED_STATUS = 125
 PR_SET_PDEATHSIG = 1
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
 PR_SET_THP_DISABLE = 41
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
@@ -125,6 +130,7 @@ class ChildSetup:
         drop_caps: bool = False,
         cap_last: int = 40,
         cgroup_procs_fd: int | None = None,
+        subreaper: bool = False,
         landlock_fd: int | None = None,
         seccomp_filter: PreparedFilter | None = None,
     ) -> None:
@@ -146,6 +152,7 @@ class ChildSetup:
         self._cap_header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
         self._cap_data = (_CapData * 2)()
         self._cgroup_fd = cgroup_procs_fd
+        self._subreaper = subreaper
         self._landlock_fd = landlock_fd
         self._filter = seccomp_filter
 
@@ -173,6 +180,8 @@ class ChildSetup:
         self._pr(STEP_PDEATHSIG, PR_SET_PDEATHSIG, SIGKILL)
         if self._syscall(c_long(SYS_getppid)) != self._parent_pid:
             self._fail(STEP_PARENT, 3)  # ESRCH
+        if self._subreaper:
+            self._pr(STEP_SUBREAPER, PR_SET_CHILD_SUBREAPER, 1)
         if self._cgroup_fd is not None:
             try:
                 os.write(self._cgroup_fd, b"0")

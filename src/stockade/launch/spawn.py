@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from stockade.errors import LaunchError, PolicyError
+from stockade.errors import LaunchError, PolicyError, UnsupportedError
 from stockade.kernel import cgroup, landlock
 from stockade.kernel.seccomp import PreparedFilter
 from stockade.launch.child import RECORD_SIZE, ChildSetup, decode_record
@@ -27,7 +27,8 @@ from stockade.launch.reaper import kill_tree
 from stockade.plan import EnforcementPlan
 
 
-def _cap_last() -> int:
+def cap_last() -> int:
+    """The highest capability number this kernel knows."""
     try:
         with open("/proc/sys/kernel/cap_last_cap") as f:
             return int(f.read())
@@ -48,8 +49,10 @@ class Prepared:
                 self.tmpdir = tempfile.mkdtemp(prefix="stockade-tmp-")
             self.ruleset_fd = build_ruleset(plan, self.tmpdir)
             self.filter = PreparedFilter(plan.filter_program)
-            root = cgroup.pids_root() if plan.drop_caps else None
-            if root is not None:
+            if plan.pids_cgroup_max is not None:
+                root = cgroup.pids_root()
+                if root is None:
+                    raise UnsupportedError("max_procs as root", "a writable pids cgroup")
                 self.cgroup = cgroup.PidsCgroup(root, plan.pids_cgroup_max)
         except BaseException:
             self.close()
@@ -152,10 +155,11 @@ class SandboxProcess(subprocess.Popen[Any]):
                 no_thp=plan.policy.no_thp,
                 cpus=plan.policy.cpus,
                 drop_caps=plan.drop_caps,
-                cap_last=_cap_last() if plan.drop_caps else 0,
+                cap_last=cap_last() if plan.drop_caps else 0,
                 cgroup_procs_fd=prepared.cgroup.procs_fd if prepared.cgroup else None,
                 landlock_fd=prepared.ruleset_fd,
                 seccomp_filter=prepared.filter,
+                subreaper=True,
             )
             try:
                 super().__init__(
@@ -177,6 +181,11 @@ class SandboxProcess(subprocess.Popen[Any]):
             raise LaunchError(step, err)
         # Our own child and not yet reaped, so the pid cannot have been reused.
         self.pidfd = os.pidfd_open(self.pid)
+
+    @property
+    def exit_fd(self) -> int:
+        """A descriptor that becomes readable when the command has exited."""
+        return self.pidfd
 
     def exited(self, timeout: float | None = 0) -> bool:
         """Whether the command has exited, waiting up to *timeout* seconds

@@ -18,6 +18,7 @@ except ``clone3``, which answers ENOSYS so that libc falls back to
 from __future__ import annotations
 
 import errno
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -126,7 +127,14 @@ class FilterSpec:
 
 
 def build_program(spec: FilterSpec) -> bytes:
-    """Assemble the filter for *spec*."""
+    """Assemble the filter for *spec*.
+
+    The system calls with a verdict are searched as a balanced binary tree
+    on their number: the kernel emulates the filter once per system call
+    number when it is loaded (to cache the calls it always allows), so a
+    linear chain would cost that emulation hundreds of steps per number at
+    every spawn.
+    """
     p = Program()
     kill = SECCOMP_RET_KILL_PROCESS
     allow = SECCOMP_RET_ALLOW
@@ -144,39 +152,44 @@ def build_program(spec: FilterSpec) -> bytes:
     p.ret(kill)
     p.label(not_x32)
 
+    verdicts: dict[int, Callable[[], None]] = {}
     for name in DENY_EPERM:
-        _deny(p, syscalls.nr(name), eperm)
-    _deny(p, syscalls.nr("clone3"), ret_errno(errno.ENOSYS))
-
+        verdicts[syscalls.nr(name)] = functools.partial(p.ret, eperm)
+    verdicts[syscalls.nr("clone3")] = functools.partial(p.ret, ret_errno(errno.ENOSYS))
     # clone: refuse any namespace flag (flags are args[0] on x86_64).
-    _block(p, syscalls.nr("clone"), lambda: _any_bit(p, 0, CLONE_NS_FLAGS, eperm, allow))
-    _block(p, syscalls.nr("ioctl"), lambda: _one_of(p, 1, DENY_IOCTLS, eperm, allow))
-    _block(p, syscalls.nr("prctl"), lambda: _prctl(p, eperm, allow))
-    _block(
-        p,
-        syscalls.nr("personality"),
-        lambda: _one_of(p, 0, PERSONALITY_ALLOWED, allow, eperm),
+    verdicts[syscalls.nr("clone")] = lambda: _any_bit(p, 0, CLONE_NS_FLAGS, eperm, allow)
+    verdicts[syscalls.nr("ioctl")] = lambda: _one_of(p, 1, DENY_IOCTLS, eperm, allow)
+    verdicts[syscalls.nr("prctl")] = lambda: _prctl(p, eperm, allow)
+    verdicts[syscalls.nr("personality")] = lambda: _one_of(
+        p, 0, PERSONALITY_ALLOWED, allow, eperm
     )
-    _block(p, syscalls.nr("socket"), lambda: _socket(p, spec, eacces, allow))
-    _block(p, syscalls.nr("socketpair"), lambda: _socketpair(p, eacces, allow))
-    p.ret(allow)
+    verdicts[syscalls.nr("socket")] = lambda: _socket(p, spec, eacces, allow)
+    verdicts[syscalls.nr("socketpair")] = lambda: _socketpair(p, eacces, allow)
+    _tree(p, sorted(verdicts.items()), allow)
     return p.assemble()
 
 
-def _deny(p: Program, nr: int, action: int) -> None:
-    skip = p.new_label("skip")
-    p.jeq(nr, 0, skip)
-    p.ret(action)
-    p.label(skip)
+def _tree(p: Program, entries: list[tuple[int, Callable[[], None]]], default: int) -> None:
+    """Binary search on the system call number in the accumulator.
 
-
-def _block(p: Program, nr: int, body: Callable[[], None]) -> None:
-    """``if nr == NR: body``.  *body* ends in a RET on every path, so the
-    accumulator still holds ``nr`` where the skip lands."""
-    skip = p.new_label("skip")
-    p.jeq(nr, 0, skip)
-    body()
-    p.label(skip)
+    Every verdict ends in a RET, so the accumulator still holds ``nr``
+    wherever a comparison falls through.
+    """
+    if len(entries) <= 3:
+        for nr, emit in entries:
+            skip = p.new_label("skip")
+            p.jeq(nr, 0, skip)
+            emit()
+            p.label(skip)
+        p.ret(default)
+        return
+    mid = len(entries) // 2
+    right = p.new_label("right")
+    p.jump(JGE, entries[mid][0], 0, 1)
+    p.ja(right)
+    _tree(p, entries[:mid], default)
+    p.label(right)
+    _tree(p, entries[mid:], default)
 
 
 def _one_of(p: Program, arg: int, values: tuple[int, ...], hit: int, miss: int) -> None:

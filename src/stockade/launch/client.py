@@ -1,0 +1,249 @@
+"""The host side of the fork server (see :mod:`stockade.launch.forkserver`).
+
+:class:`ForkServer` starts the server once per host process, from a thread
+that lives as long as the process (PDEATHSIG follows the *thread* that
+forked, so a short-lived caller thread must not be the server's parent).
+:class:`ServerProcess` is a ``subprocess.Popen`` whose child is started by
+the server: Popen still makes the pipes and does text mode, ``communicate``
+and timeouts; only starting, waiting and signalling go over the run's own
+socket.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from stockade.errors import LaunchError
+from stockade.launch.forkserver import Request, recv_message, send_message
+from stockade.launch.spawn import Prepared, cap_last
+
+#: How long the server may take to start before we give up.
+START_TIMEOUT = 30.0
+
+
+class ForkServer:
+    """A running fork server; one per host process (see :func:`get`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ctl: socket.socket | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._failure: BaseException | None = None
+
+    def _start(self) -> None:
+        host, server = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        package_parent = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+        boot = (
+            "import sys; sys.path.insert(0, sys.argv[1]); "
+            "from stockade.launch.forkserver import main; raise SystemExit(main(sys.argv[2:]))"
+        )
+        ready = threading.Event()
+
+        def keeper() -> None:
+            # This thread forks the server and then stays alive for as long as
+            # the process does, so that the server's PDEATHSIG fires only when
+            # the host itself dies.
+            try:
+                self._proc = subprocess.Popen(
+                    [sys.executable, "-I", "-S", "-c", boot, package_parent,
+                     str(server.fileno()), str(os.getpid())],  # fmt: skip
+                    pass_fds=[server.fileno()],
+                    stdin=subprocess.DEVNULL,
+                )
+            except BaseException as err:  # noqa: BLE001 - handed to the caller
+                self._failure = err
+            finally:
+                ready.set()
+            threading.Event().wait()
+
+        threading.Thread(target=keeper, name="stockade-forkserver", daemon=True).start()
+        ready.wait()
+        server.close()
+        if self._failure is not None:
+            host.close()
+            raise LaunchError("starting the fork server", errno.EIO, str(self._failure))
+        host.settimeout(START_TIMEOUT)
+        try:
+            got = recv_message(host)
+        except OSError as err:
+            host.close()
+            raise LaunchError("starting the fork server", err.errno or errno.EIO) from err
+        host.settimeout(None)
+        if got is None or got[0][0] != "ready":
+            host.close()
+            raise LaunchError("starting the fork server", errno.EIO, "no greeting")
+        self._ctl = host
+
+    def spawn(self, request: Request, fds: list[int]) -> socket.socket:
+        """Send one request; returns the run's socket (our end)."""
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            with self._lock:
+                if self._ctl is None or (self._proc is not None and self._proc.poll() is not None):
+                    self._start()
+                assert self._ctl is not None
+                send_message(self._ctl, request, [theirs.fileno(), *fds])
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        return mine
+
+
+_server: ForkServer | None = None
+_server_pid = -1
+_server_lock = threading.Lock()
+
+
+def get() -> ForkServer:
+    """This process's fork server (a forked child gets its own)."""
+    global _server, _server_pid
+    with _server_lock:
+        if _server is None or _server_pid != os.getpid():
+            _server = ForkServer()
+            _server_pid = os.getpid()
+        return _server
+
+
+class ServerProcess(subprocess.Popen[Any]):
+    """A sandboxed command started by the fork server; a Popen otherwise."""
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        prepared: Prepared,
+        *,
+        env: Mapping[str, str] | None = None,
+        **popen_kwargs: Any,
+    ) -> None:
+        self.prepared = prepared
+        self.timed_out = False
+        self._conn: socket.socket | None = None
+        self._env = dict(env) if env is not None else dict(os.environ)
+        super().__init__(list(args), **popen_kwargs)
+
+    @property
+    def exit_fd(self) -> int:
+        """A descriptor that becomes readable when the command has exited."""
+        assert self._conn is not None
+        return self._conn.fileno()
+
+    # Popen's hooks (posix implementation, Python 3.11+).
+
+    def _execute_child(self, args: Any, executable: Any, preexec_fn: Any, close_fds: Any,
+                       pass_fds: Any, cwd: Any, env: Any, startupinfo: Any, creationflags: Any,
+                       shell: Any, p2cread: int, p2cwrite: int, c2pread: int, c2pwrite: int,
+                       errread: int, errwrite: int, *rest: Any) -> None:  # fmt: skip
+        try:
+            plan = self.prepared.plan
+            stdio = [p2cread if p2cread != -1 else 0, c2pwrite if c2pwrite != -1 else 1,
+                     errwrite if errwrite != -1 else 2]  # fmt: skip
+            names = ["stdin", "stdout", "stderr", "ruleset"]
+            fds = [*stdio, self.prepared.ruleset_fd]
+            if self.prepared.cgroup is not None:
+                names.append("cgroup")
+                fds.append(self.prepared.cgroup.procs_fd)
+            request = Request(
+                args=[os.fsdecode(a) for a in args],
+                env=self._env,
+                cwd=os.fsdecode(cwd) if cwd is not None else None,
+                fds=["conn", *names],
+                rlimits=plan.rlimits,
+                personality=plan.personality,
+                no_thp=plan.policy.no_thp,
+                cpus=plan.policy.cpus,
+                drop_caps=plan.drop_caps,
+                cap_last=cap_last() if plan.drop_caps else 0,
+                filter_program=plan.filter_program,
+            )
+            conn = get().spawn(request, fds)
+            try:
+                reply = recv_message(conn)
+            except OSError as err:
+                conn.close()
+                raise LaunchError("fork server", err.errno or errno.EIO) from err
+            if reply is None:
+                conn.close()
+                raise LaunchError("fork server", errno.EPIPE, "the server closed the run")
+            (what, *rest_reply), _ = reply
+            if what != "started":
+                conn.close()
+                if what == "oserror":
+                    code, strerror, filename = rest_reply
+                    raise OSError(code, strerror, filename)
+                step, code, target = rest_reply
+                raise LaunchError(step, code, target)
+            self._conn = conn
+            self.pid = rest_reply[0]
+            self._child_created = True
+        finally:
+            self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)  # type: ignore[attr-defined]
+
+    def _read_exit(self, timeout: float | None) -> bool:
+        assert self._conn is not None
+        ready, _, _ = select.select([self._conn], [], [], timeout)
+        if not ready:
+            return False
+        try:
+            got = recv_message(self._conn)
+        except OSError:
+            got = None
+        if got is not None and got[0][0] == "exit":
+            self.returncode = got[0][1]
+        else:
+            # The server is gone, and with it (PDEATHSIG) the command.
+            self.returncode = -signal.SIGKILL
+        self._release()
+        return True
+
+    def _internal_poll(self, *args: Any, **kwargs: Any) -> int | None:
+        if self.returncode is None and self._conn is not None:
+            self._read_exit(0)
+        return self.returncode
+
+    def _wait(self, timeout: float | None) -> int:
+        if self.returncode is not None:
+            return self.returncode
+        if not self._read_exit(timeout):
+            raise subprocess.TimeoutExpired(self.args, timeout or 0)
+        assert self.returncode is not None
+        return self.returncode
+
+    def exited(self, timeout: float | None = 0) -> bool:
+        """Whether the command has exited (waiting up to *timeout*)."""
+        if self.returncode is not None:
+            return True
+        ready, _, _ = select.select([self.exit_fd], [], [], timeout)
+        return bool(ready)
+
+    def send_signal(self, sig: int) -> None:
+        """Signal the command (through the server, which has not reaped it)."""
+        self._tell(("signal", int(sig)))
+
+    def kill_tree(self) -> None:
+        """SIGKILL the command and everything it started."""
+        self._tell(("kill_tree",))
+
+    def _tell(self, message: tuple[Any, ...]) -> None:
+        if self.returncode is not None or self._conn is None:
+            return
+        try:
+            send_message(self._conn, message)
+        except OSError:
+            pass  # it exited meanwhile; the exit message is waiting
+
+    def _release(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self.prepared.close()
