@@ -15,7 +15,6 @@ from stockade.errors import PolicyError
 from stockade.kernel import cgroup, landlock
 from stockade.launch.spawn import Prepared, SandboxProcess
 from stockade.plan import EnforcementPlan, KernelFacts, compile_plan
-
 from stockade.policy.model import Policy
 
 PIPE = subprocess.PIPE
@@ -58,7 +57,9 @@ class Result:
     def check_returncode(self) -> None:
         """Raise ``subprocess.CalledProcessError`` if the command failed."""
         if self.returncode:
-            raise subprocess.CalledProcessError(self.returncode, self.args, self.stdout, self.stderr)
+            raise subprocess.CalledProcessError(
+                self.returncode, self.args, self.stdout, self.stderr
+            )
 
 
 def kernel_facts() -> KernelFacts:
@@ -97,7 +98,7 @@ class Sandbox:
         profile: str | None = None,
         read: _Paths = (),
         write: _Paths = (),
-        exec: _Paths = (),  # noqa: A002 - the option's name in the SPEC
+        exec: _Paths = (),
         deny: _Paths = (),
         rules: Iterable[str] = (),
         net_allow: Iterable[str] = (),
@@ -171,11 +172,13 @@ class Sandbox:
                 for name, value in items_rl:
                     b.set("rlimit", f"{name}={value}")
             else:
-                for text in rlimits:  # type: ignore[union-attr]
+                for text in rlimits:
                     b.set("rlimit", text)
             self.policy = b.build()
         if spawner not in ("server", "fork"):
-            raise PolicyError(f"expected 'server' or 'fork' (got {spawner!r})", "Sandbox", "spawner")
+            raise PolicyError(
+                f"expected 'server' or 'fork' (got {spawner!r})", "Sandbox", "spawner"
+            )
         self.spawner = spawner
         self._plan: EnforcementPlan | None = None
         self._lock = threading.Lock()
@@ -231,7 +234,7 @@ class Sandbox:
         self,
         args: Sequence[str],
         *,
-        input: bytes | None = None,  # noqa: A002 - subprocess.run's name
+        input: bytes | None = None,
         capture: bool = False,
         timeout: float | None = None,
         stdin: int | IO[Any] | None = None,

@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _report() -> dict[str, Any]:
     """Run every probe and gather the answers as plain data."""
     # Lazy: the main parser imports this module for add_arguments alone.
-    from stockade.kernel import probe  # noqa: PLC0415
+    from stockade.kernel import probe
 
     abi = probe.landlock_abi()
     ok, reasons = probe.usable()

@@ -50,7 +50,7 @@ class _Ordered(argparse.Action):
 class _Parser(argparse.ArgumentParser):
     """argparse with stockade's exit status (125) and one-line errors."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> Any:
         sys.stderr.write(f"stockade: {message} (see 'stockade {self.prog.split()[-1]} --help')\n")
         sys.exit(EXIT_OWN_FAILURE)
 
@@ -69,17 +69,42 @@ def build_parser() -> argparse.ArgumentParser:
     for dest, flags in ORDERED.items():
         run.add_argument(*flags, dest=dest, action=_Ordered, metavar=_METAVARS[dest],
                          help=_HELP[dest])  # fmt: skip
-    run.add_argument("--no-net", action="store_true", help="private network namespace, loopback only")
-    run.add_argument("--unshare", metavar="LIST", help="namespaces: user,mount,pid,net,uts,ipc,cgroup,time or all")
+    run.add_argument(
+        "--no-net", action="store_true", help="private network namespace, loopback only"
+    )
+    run.add_argument(
+        "--unshare",
+        metavar="LIST",
+        help="namespaces: user,mount,pid,net,uts,ipc,cgroup,time or all",
+    )
     run.add_argument("--root", metavar="tmpfs|DIR", help="a private root")
-    run.add_argument("--bind", action="append", default=[], metavar="SRC:DST[:ro]", help="bind-mount SRC at DST")
-    run.add_argument("--tmpfs", action="append", default=[], metavar="DST", help="a fresh tmpfs at DST")
+    run.add_argument(
+        "--bind", action="append", default=[], metavar="SRC:DST[:ro]", help="bind-mount SRC at DST"
+    )
+    run.add_argument(
+        "--tmpfs", action="append", default=[], metavar="DST", help="a fresh tmpfs at DST"
+    )
     run.add_argument("--hostname", metavar="NAME", help="hostname in a private UTS namespace")
     run.add_argument("-m", "--memory", metavar="SIZE", help="memory limit (512M, 2G)")
     run.add_argument("-P", "--max-procs", metavar="N", help="limit on processes and threads")
-    run.add_argument("-t", "--timeout", metavar="SECONDS", help="wall-clock limit; the whole sandbox is killed")
-    run.add_argument("--rlimit", action="append", default=[], metavar="NAME=VALUE", help="a setrlimit(2) resource")
-    run.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="set an environment variable")
+    run.add_argument(
+        "-t", "--timeout", metavar="SECONDS", help="wall-clock limit; the whole sandbox is killed"
+    )
+    run.add_argument(
+        "--rlimit",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setrlimit(2) resource",
+    )
+    run.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="set an environment variable",
+    )
     run.add_argument("--clean-env", action="store_true", help="start from an empty environment")
     run.add_argument("--cwd", metavar="DIR", help="working directory inside the sandbox")
     run.add_argument("--ipc", metavar="SOCKET", help="serve the control protocol on SOCKET")
@@ -89,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-aslr", action="store_true", help="disable address-space randomisation")
     run.add_argument("--no-thp", action="store_true", help="disable transparent huge pages")
     run.add_argument("--cpus", metavar="LIST", help="CPU affinity, e.g. 0,2-3")
-    run.add_argument("--print-policy", action="store_true", help="print the policy as rules and exit")
+    run.add_argument(
+        "--print-policy", action="store_true", help="print the policy as rules and exit"
+    )
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
 
     check = sub.add_parser("check", help="what this kernel supports")

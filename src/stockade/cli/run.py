@@ -34,7 +34,7 @@ def build_policy(args: argparse.Namespace) -> Any:
     """The policy the options describe (PolicyError on bad input)."""
     from stockade.errors import PolicyError
     from stockade.policy.builder import PolicyBuilder
-    from stockade.policy.tomlfile import load_toml
+    from stockade.policy.tomlfile import apply_toml
 
     cwd = os.getcwd()
     b = PolicyBuilder("stockade run", relative_base=cwd)
@@ -45,7 +45,7 @@ def build_policy(args: argparse.Namespace) -> Any:
                 raise PolicyError(f"{value}: no such file or directory", f"--{kind}")
             getattr(b, kind)(value)
         elif kind == "config":
-            b.merge(load_toml(os.path.join(cwd, value)))
+            apply_toml(b, os.path.join(cwd, value))
         else:
             getattr(b, kind)(value)
     scalars: dict[str, Any] = {
@@ -87,7 +87,9 @@ def _cpu_list(text: str) -> list[int]:
             first, _, last = part.partition("-")
             cpus.extend(range(int(first), int(last or first) + 1))
     except ValueError:
-        raise PolicyError(f"bad CPU list {text!r}: expected N, N-M or a comma list", "--cpus") from None
+        raise PolicyError(
+            f"bad CPU list {text!r}: expected N, N-M or a comma list", "--cpus"
+        ) from None
     return cpus
 
 

@@ -63,7 +63,9 @@ class PidsCgroup:
             if limit is not None:
                 with open(os.path.join(self.path, "pids.max"), "w") as f:
                     f.write(str(limit))
-            self.procs_fd = os.open(os.path.join(self.path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+            self.procs_fd = os.open(
+                os.path.join(self.path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC
+            )
         except BaseException:
             os.rmdir(self.path)
             raise

@@ -155,9 +155,7 @@ def create_ruleset(fs: AccessFs, net: AccessNet, scoped: Scope, abi: int) -> int
         size = 16
     else:
         size = 8
-    return _ffi.syscall(
-        _ffi.SYS_landlock_create_ruleset, ctypes.byref(attr), size, 0
-    )
+    return _ffi.syscall(_ffi.SYS_landlock_create_ruleset, ctypes.byref(attr), size, 0)
 
 
 def add_path_rule(ruleset_fd: int, allowed: AccessFs, parent_fd: int, path: str = "") -> None:

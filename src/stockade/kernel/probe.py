@@ -878,7 +878,6 @@ def usable() -> tuple[bool, list[str]]:
     abi = landlock_abi()
     if abi is not None and abi < 6:
         reasons.append(
-            f"landlock: ABI {abi} lacks signal and abstract UNIX socket scoping "
-            "(ABI 6, Linux 6.12)"
+            f"landlock: ABI {abi} lacks signal and abstract UNIX socket scoping (ABI 6, Linux 6.12)"
         )
     return (not reasons, reasons)

@@ -54,12 +54,20 @@ class ForkServer:
             # the host itself dies.
             try:
                 self._proc = subprocess.Popen(
-                    [sys.executable, "-I", "-S", "-c", boot, package_parent,
-                     str(server.fileno()), str(os.getpid())],  # fmt: skip
+                    [
+                        sys.executable,
+                        "-I",
+                        "-S",
+                        "-c",
+                        boot,
+                        package_parent,
+                        str(server.fileno()),
+                        str(os.getpid()),
+                    ],
                     pass_fds=[server.fileno()],
                     stdin=subprocess.DEVNULL,
                 )
-            except BaseException as err:  # noqa: BLE001 - handed to the caller
+            except BaseException as err:
                 self._failure = err
             finally:
                 ready.set()

@@ -154,7 +154,7 @@ class Server:
         except OSError as err:
             _reply(conn, ("oserror", err.errno, err.strerror, err.filename))
             conn.close()
-        except Exception as err:  # noqa: BLE001 - any failure is reported, never fatal
+        except Exception as err:
             _reply(conn, ("failed", f"fork server: {type(err).__name__}: {err}", 5, ""))
             conn.close()
         else:
@@ -193,7 +193,7 @@ class Server:
                     stderr=fds.get("stderr"),
                     cwd=req.cwd,
                     env=req.env,
-                    preexec_fn=setup.run,
+                    preexec_fn=setup.run,  # noqa: PLW1509 - the forking process is single-threaded, or the child only runs ChildSetup
                     close_fds=True,
                 )
             finally:

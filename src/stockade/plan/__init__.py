@@ -143,6 +143,4 @@ def _refuse_unimplemented(policy: Policy) -> None:
                 else "pseudo-terminal support" if key == "pty"
                 else "the namespace layer"
             )  # fmt: skip
-            raise PolicyError(
-                f"needs {layer}, which this release does not have yet", "policy", key
-            )
+            raise PolicyError(f"needs {layer}, which this release does not have yet", "policy", key)

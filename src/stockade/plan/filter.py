@@ -23,9 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from stockade.kernel import syscalls
-from stockade.kernel.bpf import OFF_ARCH, OFF_NR, Program, arg_lo
 from stockade.kernel.bpf import BPF_JGE as JGE
-from stockade.kernel.bpf import BPF_JSET
+from stockade.kernel.bpf import BPF_JSET, OFF_ARCH, OFF_NR, Program, arg_lo
 from stockade.kernel.seccomp import (
     SECCOMP_RET_ALLOW,
     SECCOMP_RET_KILL_PROCESS,
@@ -160,9 +159,7 @@ def build_program(spec: FilterSpec) -> bytes:
     verdicts[syscalls.nr("clone")] = lambda: _any_bit(p, 0, CLONE_NS_FLAGS, eperm, allow)
     verdicts[syscalls.nr("ioctl")] = lambda: _one_of(p, 1, DENY_IOCTLS, eperm, allow)
     verdicts[syscalls.nr("prctl")] = lambda: _prctl(p, eperm, allow)
-    verdicts[syscalls.nr("personality")] = lambda: _one_of(
-        p, 0, PERSONALITY_ALLOWED, allow, eperm
-    )
+    verdicts[syscalls.nr("personality")] = lambda: _one_of(p, 0, PERSONALITY_ALLOWED, allow, eperm)
     verdicts[syscalls.nr("socket")] = lambda: _socket(p, spec, eacces, allow)
     verdicts[syscalls.nr("socketpair")] = lambda: _socketpair(p, eacces, allow)
     _tree(p, sorted(verdicts.items()), allow)
