@@ -51,7 +51,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with stockade's exit status (125) and one-line errors."""
 
     def error(self, message: str) -> Any:
-        sys.stderr.write(f"stockade: {message} (see 'stockade {self.prog.split()[-1]} --help')\n")
+        sys.stderr.write(f"stockade: {message} (see '{self.prog} --help')\n")
         sys.exit(EXIT_OWN_FAILURE)
 
 

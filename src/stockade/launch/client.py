@@ -164,7 +164,9 @@ class ServerProcess(subprocess.Popen[Any]):
             request = Request(
                 args=[os.fsdecode(a) for a in args],
                 env=self._env,
-                cwd=os.fsdecode(cwd) if cwd is not None else None,
+                # The server has its own working directory; Popen's default
+                # is ours.
+                cwd=os.fsdecode(cwd) if cwd is not None else os.getcwd(),
                 fds=["conn", *names],
                 rlimits=plan.rlimits,
                 personality=plan.personality,

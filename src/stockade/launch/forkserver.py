@@ -20,8 +20,10 @@ How it keeps the guarantees:
   beneath it are killed *before* its zombie is reaped, so neither its pid
   nor its group id can have been reused.
 - Each run has its own socket pair: the host sends signals and tree kills
-  over it, and the server sends the exit status and closes it.  A host that
-  drops its end (or dies) gets its run killed.
+  over it, and the server sends the exit status.  Only the host closes it:
+  closing with the host's last request unread would make the host's read
+  fail with ECONNRESET before it sees the exit status.  A host that drops
+  its end (or dies) before the exit gets its run killed.
 
 The server is single-threaded (it forks) and runs one selector loop.
 Requests are pickles from the host, which runs as the same user and
@@ -216,8 +218,8 @@ class Server:
             # The host let go of this run: nobody can wait for it any more.
             self.sel.unregister(run.conn)
             run.conn.close()
-            run.conn = _placeholder()
             if run.proc.returncode is None:
+                self.runs.pop(run.pid, None)
                 kill_tree(run.pid)
             return
         (what, *rest), fds = got
@@ -250,10 +252,8 @@ class Server:
             if run is not None:
                 code = os.waitstatus_to_exitcode(status)
                 run.proc.returncode = code
-                if run.conn.fileno() >= 0:
-                    self.sel.unregister(run.conn)
-                    _reply(run.conn, ("exit", code))
-                    run.conn.close()
+                # Stays registered: the host closes it once it has read this.
+                _reply(run.conn, ("exit", code))
 
     def _kill_adopted(self) -> None:
         """Kill what was reparented to us: it outlived its command."""
@@ -261,12 +261,6 @@ class Server:
         for pid in children(os.getpid()):
             if pid not in mains:
                 kill_tree(pid)
-
-
-def _placeholder() -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    sock.close()
-    return sock
 
 
 def _reply(conn: socket.socket, message: object) -> None:

@@ -101,6 +101,19 @@ PERSONALITY_ALLOWED = (
     0xFFFFFFFF,
 )
 
+#: Calls whose args[0] is a pid: only 0 (the caller) is allowed.
+SELF_ONLY_ARG0 = (
+    "prlimit64",
+    "sched_setaffinity",
+    "sched_setscheduler",
+    "sched_setparam",
+    "sched_setattr",
+)
+#: setpriority(which, who) and ioprio_set(which, who): ``who`` must be 0,
+#: and ``which`` must not be the per-user value (PRIO_USER, IOPRIO_WHO_USER),
+#: which reaches every process of the user.
+SELF_ONLY_WHICH_WHO = {"setpriority": 2, "ioprio_set": 3}
+
 AF_UNIX = 1
 AF_INET = 2
 AF_INET6 = 10
@@ -162,6 +175,14 @@ def build_program(spec: FilterSpec) -> bytes:
     verdicts[syscalls.nr("personality")] = lambda: _one_of(p, 0, PERSONALITY_ALLOWED, allow, eperm)
     verdicts[syscalls.nr("socket")] = lambda: _socket(p, spec, eacces, allow)
     verdicts[syscalls.nr("socketpair")] = lambda: _socketpair(p, eacces, allow)
+    # Calls that act on another process by pid, where the kernel asks only
+    # for a matching uid (and Landlock has no hook): only the caller itself
+    # (pid 0) may be named, so that no host process can be reniced, pinned,
+    # or have its limits changed.
+    for name in SELF_ONLY_ARG0:
+        verdicts[syscalls.nr(name)] = functools.partial(_one_of, p, 0, (0,), allow, eperm)
+    for name, per_user in SELF_ONLY_WHICH_WHO.items():
+        verdicts[syscalls.nr(name)] = functools.partial(_which_who, p, per_user, eperm, allow)
     _tree(p, sorted(verdicts.items()), allow)
     return p.assemble()
 
@@ -211,6 +232,17 @@ def _any_bit(p: Program, arg: int, bits: tuple[int, ...], hit: int, miss: int) -
     p.ret(miss)
     p.label(yes)
     p.ret(hit)
+
+
+def _which_who(p: Program, per_user: int, deny: int, allow: int) -> None:
+    p.load(arg_lo(0))
+    no = p.new_label("no")
+    p.jeq(per_user, no, 0)
+    p.load(arg_lo(1))
+    p.jeq(0, 0, no)
+    p.ret(allow)
+    p.label(no)
+    p.ret(deny)
 
 
 def _prctl(p: Program, deny: int, allow: int) -> None:

@@ -127,6 +127,8 @@ def compile_fs(policy: Policy, abi: int) -> tuple[AccessFs, tuple[PathGrant, ...
                             "policy",
                             str(rule),
                         )
+    if Category.READ in policy.enabled:
+        _check_exec_readable(grants)
     if handled:
         handled |= ALWAYS_DENIED
     return handled, tuple(
@@ -134,6 +136,31 @@ def compile_fs(policy: Policy, abi: int) -> tuple[AccessFs, tuple[PathGrant, ...
         for (path, tree), (rights, origin) in grants.items()
         if rights
     )
+
+
+def _check_exec_readable(grants: dict[tuple[str, bool], tuple[AccessFs, str]]) -> None:
+    """Landlock checks READ_FILE as well as EXECUTE when a file is executed
+    (execve opens it for reading), so an exec rule with no read rule over
+    it would allow nothing.  Refuse it rather than accept a rule that
+    cannot work; exec without read needs the supervisor."""
+    readable = [
+        (path, tree) for (path, tree), (rights, _) in grants.items() if rights & AccessFs.READ_FILE
+    ]
+    for (path, _tree), (rights, origin) in grants.items():
+        if not rights & AccessFs.EXECUTE or rights & AccessFs.READ_FILE:
+            continue
+        covered = any(
+            rpath == path or (rtree and (rpath == "/" or path.startswith(rpath + "/")))
+            for rpath, rtree in readable
+        )
+        if not covered:
+            raise PolicyError(
+                "executing needs read access too (the kernel reads the file to run it), and "
+                "exec without read needs the supervisor, which this release does not have "
+                f"yet; add read for {path}",
+                "policy",
+                origin,
+            )
 
 
 def _check_allow(rule: Rule) -> None:

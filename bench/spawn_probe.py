@@ -1,0 +1,54 @@
+"""In-process start-up probe for stockade (rows 1b and 1c of ``run.py``).
+
+Alternates, in this one process, ``subprocess.run(['/bin/true'])`` with
+stockade's ``Sandbox.run(['/bin/true'])`` through each spawner: the fork
+server (the API's default) and ``spawner="fork"`` (a fork of this process,
+what the command line does).  With ``--hold-mb`` it first touches that much
+memory.  Prints the samples as one JSON line; run it with ``src`` on
+``PYTHONPATH``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+
+from spawnlib import TRUE, Spawner, alternate, emit, hold_memory, native_true
+from stockade import PolicyError, Sandbox
+
+#: What /bin/true needs: the loader and libc under /usr (with the
+#: merged-/usr symlinks) and /etc for ld.so.cache.
+TRUE_READ = ["/usr", "/lib", "/lib64", "/bin", "/etc"]
+
+
+def sandboxed(spawner: str) -> Spawner | None:
+    """Sandbox.run of /bin/true through *spawner*, or None if unsupported."""
+    try:
+        sandbox = Sandbox(read=TRUE_READ, spawner=spawner)
+    except (TypeError, PolicyError):
+        return None
+
+    def run() -> int:
+        return sandbox.run([TRUE]).returncode
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--reps", type=int, default=200)
+    parser.add_argument("--hold-mb", type=int, default=0)
+    args = parser.parse_args()
+    hold_memory(args.hold_mb)
+    spawners: dict[str, Spawner] = {"native": native_true}
+    for spawner in ("server", "fork"):
+        run = sandboxed(spawner)
+        if run is not None:
+            spawners[f"stockade ({spawner})"] = run
+    result = alternate(spawners, args.reps)
+    result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()
