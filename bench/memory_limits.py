@@ -35,7 +35,7 @@ def main() -> None:
                     continue
                 p = subprocess.run(
                     argv,
-                    preexec_fn=functools.partial(_limit, res, mib << 20),  # noqa: PLW1509
+                    preexec_fn=functools.partial(_limit, res, mib << 20),
                     capture_output=True,
                     text=True,
                     check=False,
