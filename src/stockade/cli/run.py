@@ -146,6 +146,12 @@ def run_command(args: argparse.Namespace) -> int:
 
     # Orphans of the sandbox come back to us, so none outlives it.
     make_subreaper()
+    if os.geteuid() == 0:
+        from stockade.kernel import caps
+
+        # Once for this process, instead of in the child: the sandbox
+        # inherits an empty bounding set.
+        caps.drop_bounding_set()
     try:
         return _supervise(sandbox, argv, policy, log)
     finally:

@@ -21,8 +21,9 @@ The order, and why:
 4. rlimits - before privileges are dropped (root could still raise them
    afterwards otherwise; see step 6).
 5. personality, THP, CPU affinity - process attributes exec keeps.
-6. capabilities - a root caller's sandbox runs with none: bounding set,
-   ambient set, then effective/permitted/inheritable.
+6. capabilities - a root caller's sandbox runs with none: bounding set
+   (unless the spawning process emptied its own already), ambient set,
+   then effective/permitted/inheritable.
 7. ``PR_SET_NO_NEW_PRIVS`` - required by both Landlock and seccomp, and
    makes setuid binaries harmless.
 8. Landlock - the ruleset fd was built by the parent; this step only
@@ -128,7 +129,7 @@ class ChildSetup:
         no_thp: bool = False,
         cpus: tuple[int, ...] = (),
         drop_caps: bool = False,
-        cap_last: int = 40,
+        cap_last: int | None = 40,
         cgroup_procs_fd: int | None = None,
         subreaper: bool = False,
         landlock_fd: int | None = None,
@@ -199,8 +200,11 @@ class ChildSetup:
             except OSError as err:
                 self._fail(STEP_AFFINITY, err.errno or 22)
         if self._drop_caps:
-            for cap in range(self._cap_last + 1):
-                self._pr(STEP_CAPS, PR_CAPBSET_DROP, cap)
+            # cap_last is None when the spawning process emptied its own
+            # bounding set already, and we inherited that.
+            if self._cap_last is not None:
+                for cap in range(self._cap_last + 1):
+                    self._pr(STEP_CAPS, PR_CAPBSET_DROP, cap)
             self._pr(STEP_CAPS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
             self._sys(STEP_CAPS, SYS_capset, ctypes.byref(self._cap_header),
                       ctypes.byref(self._cap_data))  # fmt: skip

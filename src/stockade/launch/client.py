@@ -24,7 +24,7 @@ from typing import Any
 
 from stockade.errors import LaunchError
 from stockade.launch.forkserver import Request, recv_message, send_message
-from stockade.launch.spawn import Prepared, cap_last
+from stockade.launch.spawn import Prepared
 
 #: How long the server may take to start before we give up.
 START_TIMEOUT = 30.0
@@ -173,7 +173,7 @@ class ServerProcess(subprocess.Popen[Any]):
                 no_thp=plan.policy.no_thp,
                 cpus=plan.policy.cpus,
                 drop_caps=plan.drop_caps,
-                cap_last=cap_last() if plan.drop_caps else 0,
+                cap_last=None,  # the server has no bounding set to pass on
                 filter_program=plan.filter_program,
             )
             conn = get().spawn(request, fds)

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stockade.errors import LaunchError
-from stockade.kernel import _ffi
+from stockade.kernel import _ffi, caps
 from stockade.kernel.seccomp import PreparedFilter
 from stockade.launch.child import RECORD_SIZE, ChildSetup, decode_record
 from stockade.launch.reaper import children, kill_tree
@@ -73,7 +73,7 @@ class Request:
     no_thp: bool = False
     cpus: tuple[int, ...] = ()
     drop_caps: bool = False
-    cap_last: int = 40
+    cap_last: int | None = None
     filter_program: bytes = b""
     filter_flags: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -290,6 +290,11 @@ def main(argv: list[str]) -> int:
     if os.getppid() != host_pid:
         return 1
     _ffi.prctl(PR_SET_CHILD_SUBREAPER, 1)
+    if os.geteuid() == 0:
+        # Once here instead of 41 system calls in every child: the server
+        # needs no capability it could gain by exec, and its children
+        # inherit the empty bounding set.
+        caps.drop_bounding_set()
     # Leave the host's session: its terminal's signals are not ours (and
     # ignoring them instead would leave them ignored in every command).
     os.setsid()

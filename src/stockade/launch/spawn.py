@@ -20,20 +20,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from stockade.errors import LaunchError, PolicyError, UnsupportedError
-from stockade.kernel import cgroup, landlock
+from stockade.kernel import caps, cgroup, landlock
 from stockade.kernel.seccomp import PreparedFilter
 from stockade.launch.child import RECORD_SIZE, ChildSetup, decode_record
 from stockade.launch.reaper import kill_tree
 from stockade.plan import EnforcementPlan
 
 
-def cap_last() -> int:
-    """The highest capability number this kernel knows."""
-    try:
-        with open("/proc/sys/kernel/cap_last_cap") as f:
-            return int(f.read())
-    except OSError:
-        return 40
+def _bounding_to_drop(drop_caps: bool) -> int | None:
+    """What the child must drop of the bounding set: None when this process
+    has none left to pass on (the command line empties its own)."""
+    if not drop_caps or caps.bounding_set_empty():
+        return None
+    return caps.cap_last()
 
 
 class Prepared:
@@ -155,7 +154,7 @@ class SandboxProcess(subprocess.Popen[Any]):
                 no_thp=plan.policy.no_thp,
                 cpus=plan.policy.cpus,
                 drop_caps=plan.drop_caps,
-                cap_last=cap_last() if plan.drop_caps else 0,
+                cap_last=_bounding_to_drop(plan.drop_caps),
                 cgroup_procs_fd=prepared.cgroup.procs_fd if prepared.cgroup else None,
                 landlock_fd=prepared.ruleset_fd,
                 seccomp_filter=prepared.filter,
