@@ -120,9 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
 
     check = sub.add_parser("check", help="what this kernel supports")
-    from stockade.cli import check as check_mod
-
-    check_mod.add_arguments(check)
+    # Defined here, not by importing stockade.cli.check: every `run` would
+    # pay for that import.
+    check.add_argument("--json", action="store_true", help="print the findings as one JSON object")
     ctl = sub.add_parser("ctl", help="talk to a running sandbox's control socket")
     ctl.add_argument("socket")
     ctl.add_argument("words", nargs="*")

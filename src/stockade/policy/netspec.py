@@ -18,7 +18,6 @@ every port.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 
 from stockade.errors import PolicyError
@@ -117,6 +116,8 @@ def _parse_address(text: str, shown: str) -> str:
         # A peer address never carries a scope id, so the rule could not match.
         raise PolicyError(f"bad address {shown!r}: drop the %SCOPE; addresses match without it")
     try:
+        import ipaddress  # only when an address is parsed: it costs start-up time
+
         net = ipaddress.ip_network(text, strict=False)
     except ValueError as err:
         raise PolicyError(f"bad address {shown!r}: {err}") from None

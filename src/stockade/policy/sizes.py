@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-from fractions import Fraction
 
 from stockade.errors import PolicyError
 from stockade.policy.model import Rlimit
@@ -73,6 +72,8 @@ def _size(text: str) -> int | None:
     if m is None:
         return None
     unit = _UNITS[(m.group(2) or "").lower()]
+    from fractions import Fraction  # exact decimals; imported only when needed
+
     return math.floor(Fraction(m.group(1)) * unit)
 
 
