@@ -27,12 +27,13 @@ PROBE_PY = "/usr/bin/python3"
 #: What a probe needs to start: the system directories, read and execute.
 SYSTEM = ["/usr", "/lib", "/lib64", "/bin", "/etc"]
 
-PROBE_PRELUDE = '''
+PROBE_PRELUDE = """
 import errno, json, os, sys, socket, ctypes
 def attempt(name, fn):
     try:
         value = fn()
-        out = {"name": name, "errno": 0, "value": value if isinstance(value, (int, str, list, type(None))) else repr(value)}
+        plain = isinstance(value, (int, str, list, type(None)))
+        out = {"name": name, "errno": 0, "value": value if plain else repr(value)}
     except OSError as e:
         out = {"name": name, "errno": e.errno, "value": None}
     print(json.dumps(out), flush=True)
@@ -44,7 +45,7 @@ def sys_call(nr, *args):
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
     return ret
-'''
+"""
 
 
 def probe_code(body: str) -> str:
@@ -72,13 +73,16 @@ def run_probe(body: str, **sandbox: Any) -> tuple[stockade.Result, dict[str, dic
     return res, verdicts(res.stdout)
 
 
-def stockade_cli(*args: str, timeout: float = 60, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+def stockade_cli(
+    *args: str, timeout: float = 60, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
     """Run the ``stockade`` command line with this interpreter."""
     return subprocess.run(
         [sys.executable, "-m", "stockade.cli.main", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
+        check=False,
         **kwargs,
     )
 

@@ -88,7 +88,8 @@ class Sandbox:
     default) sends each run to a small fork server started once per
     process, so the cost does not grow with this process's memory and
     every process a run leaves behind is found and ended; ``"fork"`` forks
-    from this process (what the command line does).
+    from this process, which must be a child subreaper that kills and reaps
+    what is reparented to it (what the command line does).
     """
 
     def __init__(
@@ -222,6 +223,18 @@ class Sandbox:
                 env = self.environment(prepared.tmpdir)
             kwargs.setdefault("cwd", self.policy.cwd)
             if self.spawner == "fork":
+                from stockade.launch.reaper import is_subreaper
+
+                if not is_subreaper():
+                    # A daemon that outlives its command would be reparented
+                    # past us, out of reach: only a subreaper can end it.
+                    raise PolicyError(
+                        "forking from this process needs it to be a child subreaper "
+                        "(PR_SET_CHILD_SUBREAPER), so that what a sandbox leaves behind comes "
+                        "back to it; use the default spawner",
+                        "Sandbox",
+                        "spawner",
+                    )
                 return SandboxProcess(list(args), prepared, env=env, **kwargs)
             from stockade.launch.client import ServerProcess
 

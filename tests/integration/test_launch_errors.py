@@ -54,7 +54,7 @@ def descendants(pid: int | None = None) -> set[int]:
     return found
 
 
-SPAWNERS = pytest.mark.parametrize("spawner", ["server", "fork"])
+SPAWNERS = pytest.mark.parametrize("spawner", ["server"])
 
 
 def touch_command(marker: Path) -> list[str]:

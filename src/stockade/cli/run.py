@@ -129,9 +129,7 @@ def run_command(args: argparse.Namespace) -> int:
             return 0
         if not argv:
             return fail("no command given: expected 'stockade run [OPTIONS] -- COMMAND [ARG...]'")
-        # The command line is small and single-threaded, and makes itself a
-        # subreaper: it forks the sandbox itself instead of using a fork server.
-        sandbox = Sandbox(policy=policy, spawner="fork")
+        sandbox = Sandbox(policy=policy)
         sandbox.plan  # noqa: B018 - compile now: refuse the policy before anything starts
     except (StockadeError, PolicyError) as err:
         return fail(str(err))
@@ -142,23 +140,54 @@ def run_command(args: argparse.Namespace) -> int:
         log = EventLog(policy.log)
     except OSError as err:
         return fail(f"--log {policy.log}: {err.strerror}")
-    from stockade.launch.reaper import make_subreaper
+    from stockade.launch import client
 
-    # Orphans of the sandbox come back to us, so none outlives it.
-    make_subreaper()
-    if os.geteuid() == 0:
-        from stockade.kernel import caps
-
-        # Once for this process, instead of in the child: the sandbox
-        # inherits an empty bounding set.
-        caps.drop_bounding_set()
+    # The sandbox is started by a fork server forked from this small,
+    # single-threaded process.  It outlives us just long enough to end
+    # everything the command started if we are killed, even with SIGKILL.
+    server = client.get(fork=True)
     try:
         return _supervise(sandbox, argv, policy, log)
     finally:
+        server.close()
         log.close()
 
 
+class _Forwarder:
+    """Signals meant for the command.  Installed before the command exists:
+    a signal that arrives while it starts is kept, and delivered as soon as
+    it runs."""
+
+    def __init__(self) -> None:
+        self.proc: Any = None
+        self.early: list[int] = []
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        if self.proc is None:
+            self.early.append(signum)
+        else:
+            self.proc.signal_group(signum)
+
+    def attach(self, proc: Any) -> None:
+        self.proc = proc
+        for signum in self.early:
+            proc.signal_group(signum)
+
+
 def _supervise(sandbox: Any, argv: list[str], policy: Any, log: EventLog) -> int:
+    forwarder = _Forwarder()
+    for sig in FORWARDED:
+        signal.signal(sig, forwarder)
+    try:
+        return _start_and_wait(sandbox, argv, policy, log, forwarder)
+    finally:
+        for sig in FORWARDED:
+            signal.signal(sig, signal.SIG_DFL)
+
+
+def _start_and_wait(
+    sandbox: Any, argv: list[str], policy: Any, log: EventLog, forwarder: _Forwarder
+) -> int:
     from stockade.errors import LaunchError
 
     try:
@@ -166,51 +195,20 @@ def _supervise(sandbox: Any, argv: list[str], policy: Any, log: EventLog) -> int
     except FileNotFoundError:
         sys.stderr.write(f"stockade: {argv[0]}: command not found\n")
         return EXIT_NOT_FOUND
-    except PermissionError as err:
-        sys.stderr.write(f"stockade: {argv[0]}: cannot execute: {err.strerror}\n")
-        return EXIT_CANNOT_EXECUTE
     except OSError as err:
         sys.stderr.write(f"stockade: {argv[0]}: cannot execute: {err.strerror}\n")
         return EXIT_CANNOT_EXECUTE
     except (LaunchError, StockadeError) as err:
         return fail(str(err))
     log.emit(pid=proc.pid, syscall="execve", category="exec", target=argv[0], argv=argv)
-
-    def forward(signum: int, _frame: object) -> None:
-        try:
-            os.killpg(proc.pid, signum)
-        except ProcessLookupError:
-            pass
-
-    for sig in FORWARDED:
-        signal.signal(sig, forward)
-    try:
-        if not proc.exited(policy.timeout):
-            proc.timed_out = True
-        proc.kill_tree()
-        code = proc.wait()
-    finally:
-        for sig in FORWARDED:
-            signal.signal(sig, signal.SIG_DFL)
-        _reap_orphans()
+    forwarder.attach(proc)
+    if not proc.exited(policy.timeout):
+        proc.timed_out = True
+    proc.kill_tree()
+    code = proc.wait()
     status = EXIT_TIMEOUT if proc.timed_out else (128 - code if code < 0 else code)
     log.emit(pid=proc.pid, syscall="exit", category="exit", target=argv[0], status=status,
              timed_out=proc.timed_out)  # fmt: skip
     if proc.timed_out:
         sys.stderr.write(f"stockade: {argv[0]}: killed after the {policy.timeout:g} s timeout\n")
     return status
-
-
-def _reap_orphans() -> None:
-    """Kill and reap whatever the sandbox left that was reparented to us."""
-    from stockade.launch.reaper import children, kill_tree
-
-    while True:
-        for pid in children(os.getpid()):
-            kill_tree(pid)
-        try:
-            pid, _ = os.waitpid(-1, 0)
-        except ChildProcessError:
-            return
-        except InterruptedError:
-            continue

@@ -31,15 +31,51 @@ START_TIMEOUT = 30.0
 
 
 class ForkServer:
-    """A running fork server; one per host process (see :func:`get`)."""
+    """A running fork server; one per host process (see :func:`get`).
 
-    def __init__(self) -> None:
+    ``fork=False`` (the default) starts it as a fresh interpreter, so that
+    its memory image is small whatever the host holds.  ``fork=True`` forks
+    it from this process instead, which is cheaper and right only for a
+    small single-threaded host: the command line.
+    """
+
+    def __init__(self, fork: bool = False) -> None:
+        self._fork = fork
         self._lock = threading.Lock()
         self._ctl: socket.socket | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._pid = -1
         self._failure: BaseException | None = None
 
     def _start(self) -> None:
+        if self._fork:
+            self._start_forked()
+        else:
+            self._start_fresh()
+
+    def _start_forked(self) -> None:
+        from stockade.launch.forkserver import run_server
+
+        host, server = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the server
+            code = 1
+            try:
+                host.close()
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                os.closerange(3, server.fileno())
+                os.closerange(server.fileno() + 1, 1 << 20)
+                code = run_server(server.fileno(), parent)
+            finally:
+                os._exit(code)
+        server.close()
+        self._pid = pid
+        self._greet(host)
+
+    def _start_fresh(self) -> None:
         host, server = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         package_parent = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
         boot = (
@@ -79,6 +115,11 @@ class ForkServer:
         if self._failure is not None:
             host.close()
             raise LaunchError("starting the fork server", errno.EIO, str(self._failure))
+        assert self._proc is not None
+        self._pid = self._proc.pid
+        self._greet(host)
+
+    def _greet(self, host: socket.socket) -> None:
         host.settimeout(START_TIMEOUT)
         try:
             got = recv_message(host)
@@ -91,12 +132,36 @@ class ForkServer:
             raise LaunchError("starting the fork server", errno.EIO, "no greeting")
         self._ctl = host
 
+    def _alive(self) -> bool:
+        if self._proc is not None:
+            return self._proc.poll() is None
+        try:
+            pid, _ = os.waitpid(self._pid, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        return pid == 0
+
+    def close(self) -> None:
+        """Stop the server (it ends every run first) and wait for it."""
+        with self._lock:
+            if self._ctl is not None:
+                self._ctl.close()
+                self._ctl = None
+            if self._proc is not None:
+                self._proc.wait()
+            elif self._pid > 0:
+                try:
+                    os.waitpid(self._pid, 0)
+                except ChildProcessError:
+                    pass
+            self._pid = -1
+
     def spawn(self, request: Request, fds: list[int]) -> socket.socket:
         """Send one request; returns the run's socket (our end)."""
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             with self._lock:
-                if self._ctl is None or (self._proc is not None and self._proc.poll() is not None):
+                if self._ctl is None or not self._alive():
                     self._start()
                 assert self._ctl is not None
                 send_message(self._ctl, request, [theirs.fileno(), *fds])
@@ -113,12 +178,16 @@ _server_pid = -1
 _server_lock = threading.Lock()
 
 
-def get() -> ForkServer:
-    """This process's fork server (a forked child gets its own)."""
+def get(fork: bool = False) -> ForkServer:
+    """This process's fork server (a forked child gets its own).
+
+    *fork* chooses how it starts (see :class:`ForkServer`) if it does not
+    exist yet.
+    """
     global _server, _server_pid
     with _server_lock:
         if _server is None or _server_pid != os.getpid():
-            _server = ForkServer()
+            _server = ForkServer(fork=fork)
             _server_pid = os.getpid()
         return _server
 
@@ -243,6 +312,10 @@ class ServerProcess(subprocess.Popen[Any]):
     def kill_tree(self) -> None:
         """SIGKILL the command and everything it started."""
         self._tell(("kill_tree",))
+
+    def signal_group(self, sig: int) -> None:
+        """Signal the command's process group (terminal signals, forwarded)."""
+        self._tell(("signal_group", int(sig)))
 
     def _tell(self, message: tuple[Any, ...]) -> None:
         if self.returncode is not None or self._conn is None:

@@ -9,8 +9,10 @@ with only the launch modules imported) and sends it one request per run.
 
 How it keeps the guarantees:
 
-- It dies with its host (``PR_SET_PDEATHSIG(SIGKILL)`` plus a parent
-  check), and every command it forks dies with it (the command's own
+- It dies with its host: its parent-death signal is SIGTERM, which it
+  handles by killing every run's whole tree before it exits (a SIGKILL
+  would take it down before it could, and leave the commands' children
+  to init).  Every command also dies with the server (the command's own
   PDEATHSIG), so no sandbox outlives the host.
 - It is a child subreaper, and so is every command it starts (the flag
   survives exec).  A daemon that double-forks away from its command is
@@ -124,6 +126,20 @@ class Server:
         self.sel.register(self._wake_r, selectors.EVENT_READ, "sigchld")
 
     def serve(self) -> None:
+        """Serve until the host closes the control socket or dies; then end
+        every run (its whole tree) before returning."""
+        try:
+            self._loop()
+        finally:
+            self.end_all()
+
+    def end_all(self) -> None:
+        """Kill every run's tree and whatever was reparented to us."""
+        for pid in list(self.runs):
+            kill_tree(pid)
+        self._kill_adopted(everything=True)
+
+    def _loop(self) -> None:
         while True:
             for key, _ in self.sel.select():
                 if key.data == "ctl":
@@ -229,6 +245,8 @@ class Server:
             return
         if what == "signal":
             os.kill(run.pid, rest[0])
+        elif what == "signal_group":
+            os.killpg(run.pid, rest[0])
         elif what == "kill_tree":
             kill_tree(run.pid)
 
@@ -255,9 +273,9 @@ class Server:
                 # Stays registered: the host closes it once it has read this.
                 _reply(run.conn, ("exit", code))
 
-    def _kill_adopted(self) -> None:
+    def _kill_adopted(self, everything: bool = False) -> None:
         """Kill what was reparented to us: it outlived its command."""
-        mains = set(self.runs)
+        mains = set() if everything else set(self.runs)
         for pid in children(os.getpid()):
             if pid not in mains:
                 kill_tree(pid)
@@ -283,10 +301,23 @@ def _read_all(fd: int) -> bytes:
     return data
 
 
+class HostDied(BaseException):
+    """Raised in the server when its host dies (the parent-death signal)."""
+
+
+def _host_died(_signum: int, _frame: object) -> None:
+    raise HostDied
+
+
 def main(argv: list[str]) -> int:
     """Entry point in the server process: ``main([CTL_FD, HOST_PID])``."""
-    ctl_fd, host_pid = int(argv[0]), int(argv[1])
-    _ffi.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    return run_server(int(argv[0]), int(argv[1]))
+
+
+def run_server(ctl_fd: int, host_pid: int) -> int:
+    """Become the fork server of *host_pid* on the socket *ctl_fd*."""
+    signal.signal(signal.SIGTERM, _host_died)
+    _ffi.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != host_pid:
         return 1
     _ffi.prctl(PR_SET_CHILD_SUBREAPER, 1)
@@ -300,7 +331,10 @@ def main(argv: list[str]) -> int:
     os.setsid()
     ctl = socket.socket(fileno=ctl_fd)
     send_message(ctl, ("ready", os.getpid()))
-    Server(ctl).serve()
+    try:
+        Server(ctl).serve()
+    except HostDied:
+        return 0
     return 0
 
 

@@ -7,9 +7,9 @@ Some facts about process trees:
 - A process that leaves the group (``setsid``, ``setpgid``) is still found
   by walking ``/proc/PID/task/TID/children`` down from the command while
   its ancestors live.  One whose parent has exited is reparented to the
-  nearest child subreaper: the ``stockade`` command line makes itself one,
-  so such orphans come back to it; a pids cgroup (root) or a pid namespace
-  lists them exactly.
+  nearest child subreaper: every command and the fork server are
+  subreapers, so such orphans come back to them; a pids cgroup (root) or a
+  pid namespace lists them exactly.
 - A pid cannot be reused while it is the id of a live process group, so
   ``killpg`` after the leader was reaped is safe.
 """
@@ -65,11 +65,15 @@ def kill_tree(pid: int) -> None:
         _signal(victim, signal.SIGKILL)
 
 
-def make_subreaper() -> None:
-    """Make this process a child subreaper (PR_SET_CHILD_SUBREAPER)."""
+def is_subreaper() -> bool:
+    """Whether this process is a child subreaper (PR_GET_CHILD_SUBREAPER)."""
+    import ctypes
+
     from stockade.kernel import _ffi
 
-    _ffi.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+    flag = ctypes.c_int(0)
+    _ffi.prctl(37, ctypes.addressof(flag))  # PR_GET_CHILD_SUBREAPER
+    return flag.value != 0
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -86,7 +86,11 @@ def compile_plan(policy: Policy, facts: KernelFacts) -> EnforcementPlan:
     net = compile_net(policy)
     landlock = compile_landlock(policy, net, facts.landlock_abi)
     deny_tcp = facts.landlock_abi < 4 and not (net.connect_all and net.bind_all)
-    spec = FilterSpec(allow_udp=net.allow_udp, deny_tcp=deny_tcp)
+    spec = FilterSpec(
+        allow_udp=net.allow_udp,
+        deny_tcp=deny_tcp,
+        tcp_restricted=bool(landlock.handled_net),
+    )
 
     limits: dict[int, tuple[int, int]] = {}
     if policy.memory is not None:

@@ -124,6 +124,10 @@ SOCK_RAW = 3
 SOCK_SEQPACKET = 5
 SOCK_TYPE_MASK = 0xF
 NETLINK_SOCK_DIAG = 4
+IPPROTO_TCP = 6
+MSG_FASTOPEN = 0x20000000
+#: The flags argument of each sending call, for MSG_FASTOPEN.
+SEND_FLAGS_ARG = {"sendto": 3, "sendmsg": 2, "sendmmsg": 3}
 IPPROTO_ICMP = 1
 IPPROTO_ICMPV6 = 58
 
@@ -136,6 +140,11 @@ class FilterSpec:
     allow_udp: bool = False
     #: inet stream sockets are refused outright (no Landlock ABI 4 here).
     deny_tcp: bool = False
+    #: Landlock restricts TCP connect or bind: close the paths around it.
+    #: TCP Fast Open (``MSG_FASTOPEN`` on sendto/sendmsg/sendmmsg) connects
+    #: without the connect hook, and MPTCP sockets (protocol 262) are not
+    #: TCP to Landlock; inet stream sockets may then only be plain TCP.
+    tcp_restricted: bool = False
 
 
 def build_program(spec: FilterSpec) -> bytes:
@@ -175,6 +184,11 @@ def build_program(spec: FilterSpec) -> bytes:
     verdicts[syscalls.nr("personality")] = lambda: _one_of(p, 0, PERSONALITY_ALLOWED, allow, eperm)
     verdicts[syscalls.nr("socket")] = lambda: _socket(p, spec, eacces, allow)
     verdicts[syscalls.nr("socketpair")] = lambda: _socketpair(p, eacces, allow)
+    if spec.tcp_restricted:
+        for name, flags_arg in SEND_FLAGS_ARG.items():
+            verdicts[syscalls.nr(name)] = functools.partial(
+                _any_bit, p, flags_arg, (MSG_FASTOPEN,), eacces, allow
+            )
     # Calls that act on another process by pid, where the kernel asks only
     # for a matching uid (and Landlock has no hook): only the caller itself
     # (pid 0) may be named, so that no host process can be reniced, pinned,
@@ -285,7 +299,18 @@ def _socket(p: Program, spec: FilterSpec, deny: int, allow: int) -> None:
     p.jeq(SOCK_DGRAM, dgram, 0)
     p.ret(deny)  # raw, packet, seqpacket (SCTP) and anything newer
     p.label(stream)
-    p.ret(deny if spec.deny_tcp else allow)
+    if spec.deny_tcp:
+        p.ret(deny)
+    elif spec.tcp_restricted:
+        p.load(arg_lo(2))
+        tcp = p.new_label("tcp")
+        p.jeq(0, tcp, 0)
+        p.jeq(IPPROTO_TCP, tcp, 0)
+        p.ret(deny)  # MPTCP and anything else Landlock does not see as TCP
+        p.label(tcp)
+        p.ret(allow)
+    else:
+        p.ret(allow)
     p.label(dgram)
     p.ret(allow if spec.allow_udp else deny)
 
