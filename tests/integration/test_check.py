@@ -23,9 +23,12 @@ from typing import Any
 
 import pytest
 
+import stockade
 from stockade.cli import check
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+#: The directory that holds the stockade package under test: src/ in a
+#: checkout, site-packages when it is installed.
+SRC = Path(stockade.__file__).resolve().parents[1]
 NOBODY = 65534
 SYS_landlock_create_ruleset = 444
 
@@ -47,7 +50,7 @@ def check_cli(
     return subprocess.run(
         [*prefix, python, "-m", "stockade.cli.check", *args],
         env=env,
-        cwd=str(src),
+        cwd="/",
         capture_output=True,
         text=True,
         check=False,
@@ -154,7 +157,9 @@ def world_readable_src() -> Iterator[Path]:
     top = Path(tempfile.mkdtemp(prefix="stockade-check-", dir="/tmp"))
     try:
         copy = top / "src"
-        shutil.copytree(SRC, copy, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            SRC / "stockade", copy / "stockade", ignore=shutil.ignore_patterns("__pycache__")
+        )
         for path in [top, *top.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
         yield copy
