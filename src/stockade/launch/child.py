@@ -217,6 +217,21 @@ class ChildSetup:
                       c_long(self._filter.flags), self._filter.fprog_ref)  # fmt: skip
 
 
+def read_record(fd: int) -> bytes:
+    """Read the child's verdict from the error pipe: empty once the child
+    exec'd (the pipe is CLOEXEC), or one ``(step, errno)`` record."""
+    data = b""
+    while len(data) < RECORD_SIZE:
+        try:
+            chunk = os.read(fd, RECORD_SIZE - len(data))
+        except InterruptedError:
+            continue
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def decode_record(data: bytes) -> tuple[str, int]:
     """Turn an error-pipe record into ``(step name, errno)``."""
     value = int.from_bytes(data[:RECORD_SIZE], "little")

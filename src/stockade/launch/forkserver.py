@@ -49,7 +49,7 @@ from typing import Any
 from stockade.errors import LaunchError
 from stockade.kernel import _ffi, caps
 from stockade.kernel.seccomp import PreparedFilter
-from stockade.launch.child import RECORD_SIZE, ChildSetup, decode_record
+from stockade.launch.child import ChildSetup, decode_record, read_record
 from stockade.launch.reaper import children, kill_tree
 
 PR_SET_PDEATHSIG = 1
@@ -216,7 +216,7 @@ class Server:
                 )
             finally:
                 os.close(err_w)
-            record = _read_all(err_r)
+            record = read_record(err_r)
         finally:
             os.close(err_r)
         if record:
@@ -286,19 +286,6 @@ def _reply(conn: socket.socket, message: object) -> None:
         send_message(conn, message)
     except OSError:
         pass  # the host went away; the run is killed when we notice
-
-
-def _read_all(fd: int) -> bytes:
-    data = b""
-    while len(data) < RECORD_SIZE:
-        try:
-            chunk = os.read(fd, RECORD_SIZE - len(data))
-        except InterruptedError:
-            continue
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 class HostDied(BaseException):

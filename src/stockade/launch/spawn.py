@@ -22,7 +22,7 @@ from typing import Any
 from stockade.errors import LaunchError, PolicyError, UnsupportedError
 from stockade.kernel import caps, cgroup, landlock
 from stockade.kernel.seccomp import PreparedFilter
-from stockade.launch.child import RECORD_SIZE, ChildSetup, decode_record
+from stockade.launch.child import ChildSetup, decode_record, read_record
 from stockade.launch.reaper import kill_tree
 from stockade.plan import EnforcementPlan
 
@@ -170,7 +170,7 @@ class SandboxProcess(subprocess.Popen[Any]):
                 )
             finally:
                 os.close(write_fd)
-            record = _read_record(read_fd)
+            record = read_record(read_fd)
         finally:
             os.close(read_fd)
         if record:
@@ -227,19 +227,6 @@ class SandboxProcess(subprocess.Popen[Any]):
             os.close(self.pidfd)
             self.pidfd = -1
         self.prepared.close()
-
-
-def _read_record(fd: int) -> bytes:
-    data = b""
-    while len(data) < RECORD_SIZE:
-        try:
-            chunk = os.read(fd, RECORD_SIZE - len(data))
-        except InterruptedError:
-            continue
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 __all__ = ["Prepared", "SandboxProcess", "build_ruleset"]
