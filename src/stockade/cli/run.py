@@ -34,7 +34,6 @@ def build_policy(args: argparse.Namespace) -> Any:
     """The policy the options describe (PolicyError on bad input)."""
     from stockade.errors import PolicyError
     from stockade.policy.builder import PolicyBuilder
-    from stockade.policy.tomlfile import apply_toml
 
     cwd = os.getcwd()
     b = PolicyBuilder("stockade run", relative_base=cwd)
@@ -45,6 +44,8 @@ def build_policy(args: argparse.Namespace) -> Any:
                 raise PolicyError(f"{value}: no such file or directory", f"--{kind}")
             getattr(b, kind)(value)
         elif kind == "config":
+            from stockade.policy.tomlfile import apply_toml
+
             apply_toml(b, os.path.join(cwd, value))
         else:
             getattr(b, kind)(value)

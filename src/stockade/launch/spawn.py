@@ -13,9 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import select
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -45,6 +43,8 @@ class Prepared:
         self.cgroup: cgroup.PidsCgroup | None = None
         try:
             if plan.policy.private_tmp:
+                import tempfile  # imported here: it costs the command line's start-up
+
                 self.tmpdir = tempfile.mkdtemp(prefix="stockade-tmp-")
             self.ruleset_fd = build_ruleset(plan, self.tmpdir)
             self.filter = PreparedFilter(plan.filter_program)
@@ -66,6 +66,8 @@ class Prepared:
             self.cgroup.destroy()
             self.cgroup = None
         if self.tmpdir is not None:
+            import shutil
+
             shutil.rmtree(self.tmpdir, ignore_errors=True)
             self.tmpdir = None
 
