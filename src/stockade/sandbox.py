@@ -70,7 +70,25 @@ def kernel_facts() -> KernelFacts:
         landlock_abi=abi,
         privileged=privileged,
         cgroup_pids=privileged and cgroup.pids_root() is not None,
+        user_namespaces=_user_namespaces_allowed(privileged),
     )
+
+
+def _user_namespaces_allowed(privileged: bool) -> bool:
+    """A cheap reading of the switches that forbid user namespaces.  What
+    they do not show (an AppArmor profile, an outer sandbox) surfaces as
+    the child's unshare errno, in a LaunchError naming the step."""
+
+    def read(path: str) -> str | None:
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except OSError:
+            return None
+
+    if read("/proc/sys/user/max_user_namespaces") == "0":
+        return False
+    return privileged or read("/proc/sys/kernel/unprivileged_userns_clone") != "0"
 
 
 _Paths = Iterable[str | os.PathLike[str]]
@@ -114,6 +132,10 @@ class Sandbox:
         no_aslr: bool = False,
         no_thp: bool = False,
         cpus: Iterable[int] = (),
+        unshare: Iterable[str] | str = (),
+        map_root: bool = False,
+        hostname: str | None = None,
+        no_net: bool = False,
         on_event: Callable[[Any], Any] | None = None,
         spawner: str = "server",
     ) -> None:
@@ -153,14 +175,17 @@ class Sandbox:
                 "max_procs": max_procs,
                 "timeout": timeout,
                 "cwd": cwd,
+                "hostname": hostname,
+                "unshare": (unshare if isinstance(unshare, str) else list(unshare)) or None,
             }
             for key, value in items.items():
                 if value is not None:
                     b.set(key, value)
             if clean_env:
                 b.set("clean_env", True)
-            if no_aslr:
-                b.set("no_aslr", True)
+            for flag, on in (("no_aslr", no_aslr), ("map_root", map_root), ("no_net", no_net)):
+                if on:
+                    b.set(flag, True)
             if no_thp:
                 b.set("no_thp", True)
             cpu_list = list(cpus)

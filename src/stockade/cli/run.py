@@ -63,7 +63,7 @@ def build_policy(args: argparse.Namespace) -> Any:
     for key, value in scalars.items():
         if value is not None:
             b.set(key, value)
-    for key in ("no_net", "clean_env", "lock", "pty", "no_aslr", "no_thp"):
+    for key in ("no_net", "map_root", "clean_env", "lock", "pty", "no_aslr", "no_thp"):
         if getattr(args, key):
             b.set(key, True)
     if args.cpus:

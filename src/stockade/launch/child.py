@@ -18,6 +18,12 @@ The order, and why:
    become a child subreaper (kept across exec), so that what the command
    daemonizes stays beneath it while it lives.
 3. cgroup - join the sandbox's cgroup before anything can fork.
+   Namespaces - one unshare(2); in a new user namespace, map our own ids
+   (setgroups denied first, as an unprivileged map requires); in a new
+   network namespace bring loopback up; in a new UTS namespace set the
+   hostname.  These use the capabilities the new user namespace grants,
+   so they come before step 6, and before the rlimits: a user namespace
+   records the creator's RLIMIT_NPROC for the level above it.
 4. rlimits - before privileges are dropped (root could still raise them
    afterwards otherwise; see step 6).
 5. personality, THP, CPU affinity - process attributes exec keeps.
@@ -53,6 +59,10 @@ STEP_NNP = 10
 STEP_LANDLOCK = 11
 STEP_SECCOMP = 12
 STEP_SUBREAPER = 13
+STEP_UNSHARE = 14
+STEP_IDMAP = 15
+STEP_LOOPBACK = 16
+STEP_HOSTNAME = 17
 
 STEP_NAMES = {
     STEP_SETSID: "setsid",
@@ -68,6 +78,10 @@ STEP_NAMES = {
     STEP_LANDLOCK: "landlock_restrict_self",
     STEP_SECCOMP: "seccomp(SECCOMP_SET_MODE_FILTER)",
     STEP_SUBREAPER: "prctl(PR_SET_CHILD_SUBREAPER)",
+    STEP_UNSHARE: "unshare (namespaces)",
+    STEP_IDMAP: "writing the user namespace's id maps",
+    STEP_LOOPBACK: "bringing loopback up",
+    STEP_HOSTNAME: "sethostname",
 }
 
 #: Exit status of a child that failed setup (never seen by users: the
@@ -87,6 +101,28 @@ SYS_getppid = 110
 SYS_capset = 126
 SYS_prlimit64 = 302
 SYS_write = 1
+SYS_close = 3
+SYS_socket = 41
+SYS_ioctl = 16
+SYS_unshare = 272
+SYS_sethostname = 170
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+NAMESPACE_FLAGS = {
+    "user": CLONE_NEWUSER,
+    "net": CLONE_NEWNET,
+    "uts": CLONE_NEWUTS,
+    "ipc": CLONE_NEWIPC,
+}
+AF_INET = 2
+SOCK_DGRAM = 2
+SOCK_CLOEXEC = 0o2000000
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+#: sizeof(struct ifreq) on x86_64: IFNAMSIZ (16) + the 24-byte union.
+IFREQ_SIZE = 40
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 RECORD_SIZE = 8
 
@@ -132,6 +168,10 @@ class ChildSetup:
         cap_last: int | None = 40,
         cgroup_procs_fd: int | None = None,
         subreaper: bool = False,
+        namespaces: frozenset[str] = frozenset(),
+        id_maps: tuple[bytes, bytes] | None = None,
+        loopback: bool = False,
+        hostname: str | None = None,
         landlock_fd: int | None = None,
         seccomp_filter: PreparedFilter | None = None,
     ) -> None:
@@ -154,6 +194,27 @@ class ChildSetup:
         self._cap_data = (_CapData * 2)()
         self._cgroup_fd = cgroup_procs_fd
         self._subreaper = subreaper
+        flags = 0
+        for name in namespaces:
+            flags |= NAMESPACE_FLAGS[name]
+        self._unshare_flags = flags
+        # (path, content) pairs, written in this order.
+        self._id_writes: tuple[tuple[bytes, bytes], ...] = ()
+        if id_maps is not None:
+            self._id_writes = (
+                (b"/proc/self/setgroups", b"deny"),
+                (b"/proc/self/uid_map", id_maps[0]),
+                (b"/proc/self/gid_map", id_maps[1]),
+            )
+        self._ifreq = None
+        if loopback:
+            self._ifreq = ctypes.create_string_buffer(IFREQ_SIZE)
+            ctypes.memmove(self._ifreq, b"lo", 2)
+            ctypes.memmove(ctypes.addressof(self._ifreq) + 16, IFF_UP.to_bytes(2, "little"), 2)
+        self._hostname = None
+        if hostname is not None:
+            encoded = hostname.encode()
+            self._hostname = (ctypes.create_string_buffer(encoded, len(encoded)), len(encoded))
         self._landlock_fd = landlock_fd
         self._filter = seccomp_filter
 
@@ -188,6 +249,8 @@ class ChildSetup:
                 os.write(self._cgroup_fd, b"0")
             except OSError as err:
                 self._fail(STEP_CGROUP, err.errno or 5)
+        if self._unshare_flags:
+            self._enter_namespaces()
         for resource, ref, _keep in self._rlimits:
             self._sys(STEP_RLIMIT, SYS_prlimit64, c_long(0), resource, ref, None)
         if self._personality is not None:
@@ -215,6 +278,27 @@ class ChildSetup:
         if self._filter is not None:
             self._sys(STEP_SECCOMP, _ffi.SYS_seccomp, c_long(SECCOMP_SET_MODE_FILTER),
                       c_long(self._filter.flags), self._filter.fprog_ref)  # fmt: skip
+
+    def _enter_namespaces(self) -> None:
+        c_long = ctypes.c_long
+        self._sys(STEP_UNSHARE, SYS_unshare, c_long(self._unshare_flags))
+        for path, content in self._id_writes:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.write(fd, content)
+                finally:
+                    os.close(fd)
+            except OSError as err:
+                self._fail(STEP_IDMAP, err.errno or 5)
+        if self._ifreq is not None:
+            sock = self._sys(STEP_LOOPBACK, SYS_socket, c_long(AF_INET),
+                             c_long(SOCK_DGRAM | SOCK_CLOEXEC), c_long(0))  # fmt: skip
+            self._sys(STEP_LOOPBACK, SYS_ioctl, c_long(sock), c_long(SIOCSIFFLAGS), self._ifreq)
+            self._syscall(c_long(SYS_close), c_long(sock))
+        if self._hostname is not None:
+            buf, length = self._hostname
+            self._sys(STEP_HOSTNAME, SYS_sethostname, buf, c_long(length))
 
 
 def read_record(fd: int) -> bytes:

@@ -24,6 +24,7 @@ from typing import Any
 
 from stockade.errors import LaunchError
 from stockade.launch.forkserver import Request, recv_message, send_message
+from stockade.launch.options import child_options
 from stockade.launch.spawn import Prepared
 
 #: How long the server may take to start before we give up.
@@ -237,12 +238,7 @@ class ServerProcess(subprocess.Popen[Any]):
                 # is ours.
                 cwd=os.fsdecode(cwd) if cwd is not None else os.getcwd(),
                 fds=["conn", *names],
-                rlimits=plan.rlimits,
-                personality=plan.personality,
-                no_thp=plan.policy.no_thp,
-                cpus=plan.policy.cpus,
-                drop_caps=plan.drop_caps,
-                cap_last=None,  # the server has no bounding set to pass on
+                setup=child_options(plan),
                 filter_program=plan.filter_program,
             )
             conn = get().spawn(request, fds)

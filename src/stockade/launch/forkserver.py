@@ -50,6 +50,7 @@ from stockade.errors import LaunchError
 from stockade.kernel import _ffi, caps
 from stockade.kernel.seccomp import PreparedFilter
 from stockade.launch.child import ChildSetup, decode_record, read_record
+from stockade.launch.options import bounding_to_drop
 from stockade.launch.reaper import children, kill_tree
 
 PR_SET_PDEATHSIG = 1
@@ -70,15 +71,10 @@ class Request:
     env: dict[str, str]
     cwd: str | None
     fds: list[str]
-    rlimits: tuple[tuple[int, int, int], ...] = ()
-    personality: int | None = None
-    no_thp: bool = False
-    cpus: tuple[int, ...] = ()
-    drop_caps: bool = False
-    cap_last: int | None = None
+    #: :class:`ChildSetup` keyword arguments (see ``spawn.child_options``).
+    setup: dict[str, Any] = field(default_factory=dict)
     filter_program: bytes = b""
     filter_flags: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def send_message(sock: socket.socket, obj: object, fds: list[int] = ()) -> None:  # type: ignore[assignment]
@@ -190,18 +186,15 @@ class Server:
             setup = ChildSetup(
                 error_fd=err_w,
                 parent_pid=os.getpid(),
-                rlimits=req.rlimits,
-                personality=req.personality,
-                no_thp=req.no_thp,
-                cpus=req.cpus,
-                drop_caps=req.drop_caps,
-                cap_last=req.cap_last,
+                cap_last=bounding_to_drop(
+                    req.setup.get("drop_caps", False), req.setup.get("namespaces", frozenset())
+                ),
+                **req.setup,
                 cgroup_procs_fd=fds.get("cgroup"),
                 landlock_fd=fds.get("ruleset"),
                 seccomp_filter=PreparedFilter(req.filter_program, req.filter_flags)
                 if req.filter_program
                 else None,
-                subreaper=True,
             )
             try:
                 proc = subprocess.Popen(

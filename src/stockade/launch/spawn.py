@@ -18,19 +18,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from stockade.errors import LaunchError, PolicyError, UnsupportedError
-from stockade.kernel import caps, cgroup, landlock
+from stockade.kernel import cgroup, landlock
 from stockade.kernel.seccomp import PreparedFilter
 from stockade.launch.child import ChildSetup, decode_record, read_record
+from stockade.launch.options import bounding_to_drop, child_options
 from stockade.launch.reaper import kill_tree
 from stockade.plan import EnforcementPlan
-
-
-def _bounding_to_drop(drop_caps: bool) -> int | None:
-    """What the child must drop of the bounding set: None when this process
-    has none left to pass on (the command line empties its own)."""
-    if not drop_caps or caps.bounding_set_empty():
-        return None
-    return caps.cap_last()
 
 
 class Prepared:
@@ -151,16 +144,11 @@ class SandboxProcess(subprocess.Popen[Any]):
             setup = ChildSetup(
                 error_fd=write_fd,
                 parent_pid=os.getpid(),
-                rlimits=plan.rlimits,
-                personality=plan.personality,
-                no_thp=plan.policy.no_thp,
-                cpus=plan.policy.cpus,
-                drop_caps=plan.drop_caps,
-                cap_last=_bounding_to_drop(plan.drop_caps),
+                cap_last=bounding_to_drop(plan.drop_caps, plan.namespaces),
+                **child_options(plan),
                 cgroup_procs_fd=prepared.cgroup.procs_fd if prepared.cgroup else None,
                 landlock_fd=prepared.ruleset_fd,
                 seccomp_filter=prepared.filter,
-                subreaper=True,
             )
             try:
                 super().__init__(

@@ -8,12 +8,12 @@ as arguments, so every decision here is unit-testable without a kernel.
 from __future__ import annotations
 
 import resource
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from stockade.errors import PolicyError, UnsupportedError
 from stockade.plan.filter import FilterSpec, build_program
 from stockade.plan.landlock import LandlockPlan, NetPlan, compile_landlock, compile_net
-from stockade.policy.model import Policy
+from stockade.policy.model import NET_CATEGORIES, Category, Policy
 
 RLIM_INFINITY = resource.RLIM_INFINITY
 
@@ -50,6 +50,8 @@ class KernelFacts:
     privileged: bool = False
     #: A pids cgroup can be created for ``max_procs`` and tree kills.
     cgroup_pids: bool = False
+    #: This process may create user namespaces.
+    user_namespaces: bool = True
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,10 @@ class EnforcementPlan:
     drop_caps: bool
     #: Limit processes with a pids cgroup (root) instead of RLIMIT_NPROC.
     pids_cgroup_max: int | None
+    #: Namespaces the child enters (``user``, ``net``, ``uts``, ``ipc``).
+    namespaces: frozenset[str] = frozenset()
+    #: Bring the loopback interface up in the new network namespace.
+    loopback: bool = False
 
 
 def compile_plan(policy: Policy, facts: KernelFacts) -> EnforcementPlan:
@@ -74,6 +80,13 @@ def compile_plan(policy: Policy, facts: KernelFacts) -> EnforcementPlan:
     exactly.  Raises :class:`PolicyError` for what no layer in this release
     can enforce and :class:`UnsupportedError` for what this kernel lacks."""
     _refuse_unimplemented(policy)
+    namespaces = _namespaces(policy, facts)
+    if "net" in namespaces and not any(r.category.is_net for r in policy.rules):
+        # The namespace is the boundary: with no network rule, nothing in
+        # it is refused (SPEC: --no-net has its own loopback, up).
+        policy_for_net = replace(policy, enabled=policy.enabled - NET_CATEGORIES)
+    else:
+        policy_for_net = policy
     if facts.landlock_abi < 1:
         raise UnsupportedError("Landlock", "Linux 5.13 with Landlock enabled (lsm=landlock)")
     if facts.landlock_abi < 6:
@@ -83,13 +96,15 @@ def compile_plan(policy: Policy, facts: KernelFacts) -> EnforcementPlan:
             f"this kernel has ABI {facts.landlock_abi}; without it the sandbox could signal "
             "and connect to host processes",
         )
-    net = compile_net(policy)
-    landlock = compile_landlock(policy, net, facts.landlock_abi)
+    net = compile_net(policy_for_net)
+    landlock = compile_landlock(policy_for_net, net, facts.landlock_abi)
     deny_tcp = facts.landlock_abi < 4 and not (net.connect_all and net.bind_all)
     spec = FilterSpec(
         allow_udp=net.allow_udp,
         deny_tcp=deny_tcp,
         tcp_restricted=bool(landlock.handled_net),
+        deny_ipc="ipc" not in namespaces,
+        deny_chmod=facts.privileged and Category.WRITE in policy.enabled,
     )
 
     limits: dict[int, tuple[int, int]] = {}
@@ -100,6 +115,10 @@ def compile_plan(policy: Policy, facts: KernelFacts) -> EnforcementPlan:
         limits[resource.RLIMIT_DATA] = (policy.memory, policy.memory)
     pids_max: int | None = None
     if policy.max_procs is not None:
+        # RLIMIT_NPROC never binds uid 0 (a user namespace that maps it does
+        # not change that).  For others it counts the processes of the user
+        # in the sandbox's user namespace: only the sandbox's when it has
+        # its own, every process of the user otherwise.
         if facts.privileged:
             if not facts.cgroup_pids:
                 raise UnsupportedError(
@@ -123,20 +142,55 @@ def compile_plan(policy: Policy, facts: KernelFacts) -> EnforcementPlan:
         filter_program=build_program(spec),
         rlimits=tuple((res, soft, hard) for res, (soft, hard) in sorted(limits.items())),
         personality=ADDR_NO_RANDOMIZE if policy.no_aslr else None,
-        drop_caps=facts.privileged,
+        # A user namespace gives its first process every capability in it.
+        drop_caps=facts.privileged or "user" in namespaces,
         pids_cgroup_max=pids_max,
+        namespaces=namespaces,
+        loopback="net" in namespaces,
     )
+
+
+#: Namespaces the child can enter by itself, in one unshare(2).  pid needs
+#: an init, mount a root to build, cgroup and time come with those.
+SUPPORTED_NAMESPACES = frozenset({"user", "net", "uts", "ipc"})
+
+
+def _namespaces(policy: Policy, facts: KernelFacts) -> frozenset[str]:
+    """The namespaces *policy* asks for, with what they imply."""
+    wanted = set(policy.unshare)
+    if policy.hostname is not None:
+        wanted.add("uts")
+    if policy.no_net:
+        wanted.add("net")
+    if policy.map_root:
+        wanted.add("user")
+    missing = wanted - SUPPORTED_NAMESPACES
+    if missing:
+        raise PolicyError(
+            f"{', '.join(sorted(missing))} namespaces need the rest of the namespace layer, "
+            "which this release does not have yet; user, net, uts and ipc work",
+            "policy",
+            "unshare",
+        )
+    if wanted and not facts.privileged:
+        # Without privilege, only a user namespace grants the capabilities
+        # the others need.
+        wanted.add("user")
+    if wanted and not facts.user_namespaces:
+        raise UnsupportedError(
+            "namespaces",
+            "user namespaces (kernel.unprivileged_userns_clone=1, no AppArmor restriction)",
+            "see 'stockade check'",
+        )
+    return frozenset(wanted)
 
 
 def _refuse_unimplemented(policy: Policy) -> None:
     """Options whose layer has not landed yet are errors, never ignored."""
     pending = {
-        "unshare": bool(policy.unshare),
         "root": policy.root is not None,
         "bind": bool(policy.binds),
         "tmpfs": bool(policy.tmpfs),
-        "hostname": policy.hostname is not None,
-        "no_net": policy.no_net,
         "ipc": policy.ipc is not None,
         "pty": policy.pty,
     }

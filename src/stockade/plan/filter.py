@@ -62,6 +62,27 @@ DENY_EPERM: tuple[str, ...] = (
     "setns", "unshare",
 )  # fmt: skip
 
+#: IPC objects named by key or id, reachable by uid alone (Landlock does not
+#: mediate them): another process's SysV shared memory could be attached.
+#: Refused unless the sandbox has an IPC namespace of its own.
+HOST_IPC: tuple[str, ...] = (
+    "shmget", "shmat", "shmctl",
+    "msgget", "msgsnd", "msgrcv", "msgctl",
+    "semget", "semop", "semtimedop", "semctl",
+    "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr",
+)  # fmt: skip
+
+#: System calls that change a file's mode.  Landlock up to ABI 7 has no
+#: right for them: the kernel asks only for ownership, so a sandbox could
+#: change the mode of any file its uid owns, wherever it is.  For a root
+#: caller that is every system file (``chmod 666 /etc/shadow``, or a setuid
+#: bit, needs no capability).  Root-run sandboxes refuse them while writes
+#: are restricted; allowing them exactly (in write trees) is the
+#: supervisor's work.  The rest of the metadata family is left alone: with
+#: no capabilities, chown can only keep the owner, the security.* and
+#: trusted.* xattrs are refused by the kernel, and times are no privilege.
+MODE_CHANGES: tuple[str, ...] = ("chmod", "fchmod", "fchmodat", "fchmodat2")
+
 CLONE_NS_FLAGS = (
     0x00000080,  # CLONE_NEWTIME
     0x00020000,  # CLONE_NEWNS
@@ -145,6 +166,12 @@ class FilterSpec:
     #: without the connect hook, and MPTCP sockets (protocol 262) are not
     #: TCP to Landlock; inet stream sockets may then only be plain TCP.
     tcp_restricted: bool = False
+    #: The sandbox shares the host's IPC namespace: SysV IPC and POSIX
+    #: message queues, which only uid checks guard, are refused.
+    deny_ipc: bool = True
+    #: Refuse mode changes, which Landlock (ABI 7) does not mediate (see
+    #: MODE_CHANGES).
+    deny_chmod: bool = False
 
 
 def build_program(spec: FilterSpec) -> bytes:
@@ -177,6 +204,12 @@ def build_program(spec: FilterSpec) -> bytes:
     for name in DENY_EPERM:
         verdicts[syscalls.nr(name)] = functools.partial(p.ret, eperm)
     verdicts[syscalls.nr("clone3")] = functools.partial(p.ret, ret_errno(errno.ENOSYS))
+    if spec.deny_chmod:
+        for name in MODE_CHANGES:
+            verdicts[syscalls.nr(name)] = functools.partial(p.ret, eperm)
+    if spec.deny_ipc:
+        for name in HOST_IPC:
+            verdicts[syscalls.nr(name)] = functools.partial(p.ret, eperm)
     # clone: refuse any namespace flag (flags are args[0] on x86_64).
     verdicts[syscalls.nr("clone")] = lambda: _any_bit(p, 0, CLONE_NS_FLAGS, eperm, allow)
     verdicts[syscalls.nr("ioctl")] = lambda: _one_of(p, 1, DENY_IOCTLS, eperm, allow)

@@ -110,6 +110,7 @@ LIST_OPTIONS: tuple[str, ...] = (
 SCALAR_OPTIONS: tuple[str, ...] = (
     "no_net",
     "unshare",
+    "map_root",
     "root",
     "bind",
     "tmpfs",
@@ -154,7 +155,9 @@ _DENY = (
     Category.IOCTL,
 )
 
-_BOOL_OPTIONS = frozenset({"no_net", "clean_env", "pty", "no_aslr", "no_thp", "private_tmp"})
+_BOOL_OPTIONS = frozenset(
+    {"no_net", "map_root", "clean_env", "pty", "no_aslr", "no_thp", "private_tmp"}
+)
 
 # sun_path is 108 bytes; a path needs its terminating NUL, and an abstract
 # name gives its first byte to the leading NUL.

@@ -164,6 +164,8 @@ class Policy:
 
     # Namespaces and mounts (enforced by the namespace layer).
     unshare: frozenset[str] = frozenset()
+    #: In a user namespace, appear as uid/gid 0 instead of the caller's ids.
+    map_root: bool = False
     root: str | None = None
     binds: tuple[Bind, ...] = ()
     tmpfs: tuple[str, ...] = ()

@@ -1,0 +1,50 @@
+"""What the child does, as plain keyword arguments for ChildSetup.
+
+One place turns an :class:`EnforcementPlan` into :class:`ChildSetup`
+arguments, whether the child is forked here or by the fork server (the
+arguments travel in the request; descriptors travel beside it).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from stockade.kernel import caps
+from stockade.plan import EnforcementPlan
+
+
+def child_options(plan: EnforcementPlan) -> dict[str, Any]:
+    """ChildSetup keyword arguments for *plan* (all picklable)."""
+    policy = plan.policy
+    id_maps = None
+    if "user" in plan.namespaces:
+        uid, gid = os.getuid(), os.getgid()
+        inside_uid, inside_gid = (0, 0) if policy.map_root else (uid, gid)
+        # The maps name the ids of the process that forks the child: the
+        # fork server runs as the same user as its host.
+        id_maps = (f"{inside_uid} {uid} 1".encode(), f"{inside_gid} {gid} 1".encode())
+    return {
+        "rlimits": plan.rlimits,
+        "personality": plan.personality,
+        "no_thp": policy.no_thp,
+        "cpus": policy.cpus,
+        "drop_caps": plan.drop_caps,
+        "subreaper": True,
+        "namespaces": plan.namespaces,
+        "id_maps": id_maps,
+        "loopback": plan.loopback,
+        "hostname": policy.hostname,
+    }
+
+
+def bounding_to_drop(drop_caps: bool, namespaces: frozenset[str]) -> int | None:
+    """What the child must drop of the bounding set: None when the forking
+    process has none left to pass on (the fork server of a root host and
+    the command line empty their own once).  Entering a new user namespace
+    resets the bounding set to full, so then the child always drops it."""
+    if not drop_caps:
+        return None
+    if "user" not in namespaces and caps.bounding_set_empty():
+        return None
+    return caps.cap_last()
