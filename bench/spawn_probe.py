@@ -3,7 +3,7 @@
 Alternates, in this one process, ``subprocess.run(['/bin/true'])`` with
 stockade's ``Sandbox.run(['/bin/true'])`` through each spawner: the fork
 server (the API's default) and ``spawner="fork"`` (a fork of this process,
-what the command line does).  With ``--hold-mb`` it first touches that much
+which needs it to be a child subreaper: this probe makes itself one).  With ``--hold-mb`` it first touches that much
 memory.  Prints the samples as one JSON line; run it with ``src`` on
 ``PYTHONPATH``.
 """
@@ -11,6 +11,7 @@ memory.  Prints the samples as one JSON line; run it with ``src`` on
 from __future__ import annotations
 
 import argparse
+import ctypes
 import resource
 
 from spawnlib import TRUE, Spawner, alternate, emit, hold_memory, native_true
@@ -40,6 +41,11 @@ def main() -> None:
     parser.add_argument("--hold-mb", type=int, default=0)
     args = parser.parse_args()
     hold_memory(args.hold_mb)
+    # spawner="fork" needs a subreaper, which kills and reaps what a sandbox
+    # leaves behind; this short-lived probe can be one.
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
     spawners: dict[str, Spawner] = {"native": native_true}
     for spawner in ("server", "fork"):
         run = sandboxed(spawner)
