@@ -118,6 +118,10 @@ def test_memory_is_rlimit_data_and_processes_follow_privilege() -> None:
     assert limits[resource.RLIMIT_DATA] == (64 << 20, 64 << 20)
     assert limits[resource.RLIMIT_NPROC] == (10, 10)
     assert plan.pids_cgroup_max is None
+    # Counted in a user namespace of the sandbox's own, when there can be one.
+    assert plan.namespaces == {"user"}
+    no_userns = compile_plan(policy(*BASIC, max_procs=10), facts(user_namespaces=False))
+    assert no_userns.namespaces == frozenset()
     root = compile_plan(policy(*BASIC, max_procs=10), facts(privileged=True, cgroup_pids=True))
     assert root.pids_cgroup_max == 10
     assert resource.RLIMIT_NPROC not in {res for res, _, _ in root.rlimits}

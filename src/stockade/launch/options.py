@@ -8,10 +8,12 @@ arguments travel in the request; descriptors travel beside it).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stockade.kernel import caps
-from stockade.plan import EnforcementPlan
+
+if TYPE_CHECKING:  # the fork server imports this module: keep it light
+    from stockade.plan import EnforcementPlan
 
 
 def child_options(plan: EnforcementPlan) -> dict[str, Any]:

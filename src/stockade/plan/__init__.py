@@ -176,6 +176,10 @@ def _namespaces(policy: Policy, facts: KernelFacts) -> frozenset[str]:
         # Without privilege, only a user namespace grants the capabilities
         # the others need.
         wanted.add("user")
+    if policy.max_procs is not None and not facts.privileged and facts.user_namespaces:
+        # RLIMIT_NPROC counts the processes of the user in the current user
+        # namespace: in one of its own, only the sandbox's.
+        wanted.add("user")
     if wanted and not facts.user_namespaces:
         raise UnsupportedError(
             "namespaces",
