@@ -278,3 +278,49 @@ def test_api_host_killed_what_the_command_started_dies(run: Run, role: str) -> N
     finally:
         host.kill()
         host.wait()
+
+
+DOUBLE_NOTICE_HOST = textwrap.dedent(
+    """
+    import os, signal, sys, time, stockade
+    from stockade.launch import client
+    D, SYSTEM, PROBE_PY, COMMAND = sys.argv[1], sys.argv[2].split(","), sys.argv[3], sys.argv[4]
+    sb = stockade.Sandbox(read=SYSTEM, write=[D])
+    proc = sb.popen([PROBE_PY, "-c", COMMAND, D, "sleep"])
+    while not os.path.exists(f"{D}/ready"):
+        time.sleep(0.01)
+    server = client.get()
+    # Both notices of a host's death: EOF, then SIGTERM while the server is
+    # busy ending the runs (the delay varies from one attempt to the next).
+    server._ctl.close()
+    time.sleep(float(sys.argv[5]))
+    os.kill(server._pid, signal.SIGTERM)
+    time.sleep(60)
+    """
+)
+
+
+@pytest.mark.parametrize("attempt", range(10))
+def test_server_cleanup_survives_both_notices_of_host_death(run: Run, attempt: int) -> None:
+    """The fork server learns of its host's death twice (EOF on the control
+    socket, and its SIGTERM parent-death signal); the second must not cut
+    short the cleanup the first began."""
+    host = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            DOUBLE_NOTICE_HOST,
+            str(run.dir),
+            ",".join(SYSTEM),
+            PROBE_PY,
+            COMMAND,
+            str(attempt * 0.0005),
+        ],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        run.wait_ready()
+        assert run.wait_dead(ROLES, timeout=5) == []
+    finally:
+        host.kill()
+        host.wait()

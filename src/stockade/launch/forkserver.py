@@ -131,6 +131,10 @@ class Server:
 
     def end_all(self) -> None:
         """Kill every run's tree and whatever was reparented to us."""
+        # The host's death arrives twice, as EOF on the control socket and as
+        # the SIGTERM parent-death signal: whichever comes second must not
+        # interrupt the cleanup the first one started.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for pid in list(self.runs):
             kill_tree(pid)
         self._kill_adopted(everything=True)
