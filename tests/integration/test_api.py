@@ -338,7 +338,7 @@ def test_invalid_arguments_raise_policy_error_at_construction(
     [
         {"rules": ["allow/read+/usr/*.txt"]},
         {"net_allow": ["127.0.0.1:80"]},
-        {"deny": ["/etc/shadow"]},
+        {"rules": ["allow/write+/etc/***", "deny/write+/etc/shadow/***"]},  # partial deny
         {"rules": ["sandbox/stat:on"]},
     ],
 )

@@ -98,6 +98,10 @@ def test_what_no_kernel_layer_expresses_is_refused(rule: str) -> None:
 def test_deny_inside_an_allowed_tree_is_refused_but_outside_is_fine() -> None:
     with pytest.raises(PolicyError, match="deny inside an allowed tree"):
         compile_plan(policy(*BASIC, "deny/read+/usr/secret/***"), facts())
+    # Without any namespace (no user namespaces, not root) nothing can mask.
+    full = PolicyBuilder("t").profile("none").read("/usr").deny("/usr/secret").build()
+    with pytest.raises(PolicyError, match="deny inside an allowed tree"):
+        compile_plan(full, facts(user_namespaces=False))
     # Already denied by default: nothing to enforce beyond Landlock.
     compile_plan(policy(*BASIC, "deny/read+/etc/shadow/***"), facts())
     # A later allow overrides the deny where they meet: still exact.
@@ -222,3 +226,30 @@ def test_filter_verdicts(name: str, args: tuple[int, ...], expected: int) -> Non
 def test_foreign_arch_and_x32_kill_the_process() -> None:
     assert run_filter(PROGRAM, 20, arch=0x40000003) == SECCOMP_RET_KILL_PROCESS  # i386
     assert run_filter(PROGRAM, 39 | syscalls.X32_SYSCALL_BIT) == SECCOMP_RET_KILL_PROCESS
+
+
+def test_a_full_deny_inside_a_tree_becomes_a_mask() -> None:
+    p = PolicyBuilder("t").profile("none").read("/etc").deny("/etc/shadow").build()
+    plan = compile_plan(p, facts())
+    assert plan.landlock.masks == ("/etc/shadow",)
+    assert plan.namespaces == {"mount", "user"}
+    root = compile_plan(p, facts(privileged=True))
+    assert root.namespaces == {"mount"}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("deny/write+/etc/shadow/***",),  # only some access: a mask would deny more
+        ("deny/read+/etc/*/x",),  # a glob
+    ],
+)
+def test_masks_only_where_exact(extra: tuple[str, ...]) -> None:
+    with pytest.raises(PolicyError, match="mount mask"):
+        compile_plan(policy("allow/read+/etc/***", "allow/write+/etc/***", *extra), facts())
+
+
+def test_a_later_allow_inside_a_mask_is_refused() -> None:
+    b = PolicyBuilder("t").profile("none").read("/etc").deny("/etc/ssl").read("/etc/ssl/certs")
+    with pytest.raises(PolicyError, match="mount mask"):
+        compile_plan(b.build(), facts())

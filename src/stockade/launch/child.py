@@ -63,6 +63,9 @@ STEP_UNSHARE = 14
 STEP_IDMAP = 15
 STEP_LOOPBACK = 16
 STEP_HOSTNAME = 17
+STEP_MOUNT_PRIVATE = 18
+STEP_MASK_STAGING = 19
+STEP_MASK = 20
 
 STEP_NAMES = {
     STEP_SETSID: "setsid",
@@ -82,6 +85,9 @@ STEP_NAMES = {
     STEP_IDMAP: "writing the user namespace's id maps",
     STEP_LOOPBACK: "bringing loopback up",
     STEP_HOSTNAME: "sethostname",
+    STEP_MOUNT_PRIVATE: "making the mount namespace private",
+    STEP_MASK_STAGING: "preparing the masks (tmpfs)",
+    STEP_MASK: "mounting a mask over",
 }
 
 #: Exit status of a child that failed setup (never seen by users: the
@@ -110,8 +116,10 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
+CLONE_NEWNS = 0x00020000
 NAMESPACE_FLAGS = {
     "user": CLONE_NEWUSER,
+    "mount": CLONE_NEWNS,
     "net": CLONE_NEWNET,
     "uts": CLONE_NEWUTS,
     "ipc": CLONE_NEWIPC,
@@ -123,6 +131,55 @@ SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 #: sizeof(struct ifreq) on x86_64: IFNAMSIZ (16) + the 24-byte union.
 IFREQ_SIZE = 40
+# The new mount API (mount_setattr(2), move_mount(2), open_tree(2)...).
+SYS_mount = 165
+SYS_mkdirat = 258
+SYS_openat = 257
+SYS_open_tree = 428
+SYS_move_mount = 429
+SYS_fsopen = 430
+SYS_fsconfig = 431
+SYS_fsmount = 432
+SYS_openat2 = 437
+SYS_mount_setattr = 442
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+FSOPEN_CLOEXEC = 1
+FSCONFIG_CMD_CREATE = 6
+FSMOUNT_CLOEXEC = 1
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = 0o2000000
+AT_EMPTY_PATH = 0x1000
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+RESOLVE_NO_SYMLINKS = 0x04
+O_PATH = 0o10000000
+O_CLOEXEC = 0o2000000
+O_CREAT = 0o100
+O_WRONLY = 1
+
+
+class _OpenHow(ctypes.Structure):
+    """struct open_how { __u64 flags; __u64 mode; __u64 resolve; };"""
+
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+class _MountAttr(ctypes.Structure):
+    """struct mount_attr { __u64 attr_set, attr_clr, propagation, userns_fd; };"""
+
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 RECORD_SIZE = 8
 
@@ -172,6 +229,7 @@ class ChildSetup:
         id_maps: tuple[bytes, bytes] | None = None,
         loopback: bool = False,
         hostname: str | None = None,
+        masks: tuple[tuple[bytes, bool], ...] = (),
         landlock_fd: int | None = None,
         seccomp_filter: PreparedFilter | None = None,
     ) -> None:
@@ -211,6 +269,13 @@ class ChildSetup:
             self._ifreq = ctypes.create_string_buffer(IFREQ_SIZE)
             ctypes.memmove(self._ifreq, b"lo", 2)
             ctypes.memmove(ctypes.addressof(self._ifreq) + 16, IFF_UP.to_bytes(2, "little"), 2)
+        # Masks: (path, is_dir).  A read-only, nosuid, nodev, noexec clone of
+        # a mode-000 directory or file from a private tmpfs goes over each.
+        self._masks = masks
+        self._open_how = _OpenHow(O_PATH | O_CLOEXEC, 0, RESOLVE_NO_SYMLINKS)
+        self._mount_attr = _MountAttr(
+            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC, 0, 0, 0
+        )
         self._hostname = None
         if hostname is not None:
             encoded = hostname.encode()
@@ -218,17 +283,18 @@ class ChildSetup:
         self._landlock_fd = landlock_fd
         self._filter = seccomp_filter
 
-    def _fail(self, step: int, err: int) -> None:
+    def _fail(self, step: int, err: int, index: int = 0) -> None:
         # Fixed-size record; the buffer exists already, so nothing allocates.
-        ctypes.memmove(self._record, (step | (err << 16)).to_bytes(8, "little"), RECORD_SIZE)
+        value = step | (err << 16) | (index << 32)
+        ctypes.memmove(self._record, value.to_bytes(8, "little"), RECORD_SIZE)
         self._syscall(ctypes.c_long(SYS_write), ctypes.c_long(self._error_fd), self._record,
                       ctypes.c_long(RECORD_SIZE))  # fmt: skip
         os._exit(SETUP_FAILED_STATUS)
 
-    def _sys(self, step: int, nr: int, *args: object) -> int:
+    def _sys(self, step: int, nr: int, *args: object, index: int = 0) -> int:
         ret: int = self._syscall(ctypes.c_long(nr), *args)
         if ret == -1:
-            self._fail(step, self._get_errno())
+            self._fail(step, self._get_errno(), index)
         return ret
 
     def _pr(self, step: int, option: int, a2: int = 0, a3: int = 0) -> None:
@@ -299,6 +365,42 @@ class ChildSetup:
         if self._hostname is not None:
             buf, length = self._hostname
             self._sys(STEP_HOSTNAME, SYS_sethostname, buf, c_long(length))
+        if self._unshare_flags & CLONE_NEWNS:
+            # Nothing mounted here may propagate back to the host.
+            self._sys(STEP_MOUNT_PRIVATE, SYS_mount, None, b"/", None,
+                      c_long(MS_REC | MS_PRIVATE), None)  # fmt: skip
+        if self._masks:
+            self._mount_masks()
+
+    def _mount_masks(self) -> None:
+        c_long = ctypes.c_long
+        step = STEP_MASK_STAGING
+        fs = self._sys(step, SYS_fsopen, b"tmpfs", c_long(FSOPEN_CLOEXEC))
+        self._sys(step, SYS_fsconfig, c_long(fs), c_long(FSCONFIG_CMD_CREATE), None, None,
+                  c_long(0))  # fmt: skip
+        root = self._sys(step, SYS_fsmount, c_long(fs), c_long(FSMOUNT_CLOEXEC), c_long(0))
+        self._sys(step, SYS_mkdirat, c_long(root), b"d", c_long(0))
+        f = self._sys(step, SYS_openat, c_long(root), b"f",
+                      c_long(O_CREAT | O_WRONLY | O_CLOEXEC), c_long(0))  # fmt: skip
+        self._syscall(c_long(SYS_close), c_long(f))
+        for index, (path, is_dir) in enumerate(self._masks):
+            tree = self._sys(STEP_MASK, SYS_open_tree, c_long(root), b"d" if is_dir else b"f",
+                             c_long(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC), index=index)  # fmt: skip
+            self._sys(STEP_MASK, SYS_mount_setattr, c_long(tree), b"", c_long(AT_EMPTY_PATH),
+                      ctypes.byref(self._mount_attr), c_long(ctypes.sizeof(_MountAttr)),
+                      index=index)  # fmt: skip
+            # Reached without following a symlink: one planted since the
+            # parent resolved the path cannot redirect the mount.
+            target = self._sys(STEP_MASK, SYS_openat2, c_long(-100), path,
+                               ctypes.byref(self._open_how), c_long(ctypes.sizeof(_OpenHow)),
+                               index=index)  # fmt: skip
+            self._sys(STEP_MASK, SYS_move_mount, c_long(tree), b"", c_long(target), b"",
+                      c_long(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH),
+                      index=index)  # fmt: skip
+            self._syscall(c_long(SYS_close), c_long(tree))
+            self._syscall(c_long(SYS_close), c_long(target))
+        self._syscall(c_long(SYS_close), c_long(root))
+        self._syscall(c_long(SYS_close), c_long(fs))
 
 
 def read_record(fd: int) -> bytes:
@@ -316,8 +418,16 @@ def read_record(fd: int) -> bytes:
     return data
 
 
-def decode_record(data: bytes) -> tuple[str, int]:
-    """Turn an error-pipe record into ``(step name, errno)``."""
+def decode_record(data: bytes) -> tuple[str, int, int]:
+    """Turn an error-pipe record into ``(step name, errno, index)``; the
+    index names which mask a mask step failed on."""
     value = int.from_bytes(data[:RECORD_SIZE], "little")
-    step, err = value & 0xFFFF, value >> 16
-    return STEP_NAMES.get(step, f"step {step}"), err
+    step, err, index = value & 0xFFFF, (value >> 16) & 0xFFFF, value >> 32
+    return STEP_NAMES.get(step, f"step {step}"), err, index
+
+
+def failed_target(step: str, index: int, masks: tuple[tuple[bytes, bool], ...]) -> str:
+    """The path a failed step was about, for the error message."""
+    if step == STEP_NAMES[STEP_MASK] and index < len(masks):
+        return masks[index][0].decode(errors="replace")
+    return ""

@@ -49,7 +49,7 @@ from typing import Any
 from stockade.errors import LaunchError
 from stockade.kernel import _ffi, caps
 from stockade.kernel.seccomp import PreparedFilter
-from stockade.launch.child import ChildSetup, decode_record, read_record
+from stockade.launch.child import ChildSetup, decode_record, failed_target, read_record
 from stockade.launch.options import bounding_to_drop
 from stockade.launch.reaper import children, kill_tree
 
@@ -218,8 +218,8 @@ class Server:
             os.close(err_r)
         if record:
             proc.wait()
-            step, err = decode_record(record)
-            raise LaunchError(step, err)
+            step, err, index = decode_record(record)
+            raise LaunchError(step, err, failed_target(step, index, req.setup.get("masks", ())))
         return proc
 
     def _command(self, run: _Run) -> None:

@@ -8,9 +8,12 @@ arguments travel in the request; descriptors travel beside it).
 from __future__ import annotations
 
 import os
+import stat
 from typing import TYPE_CHECKING, Any
 
+from stockade.errors import PolicyError
 from stockade.kernel import caps
+from stockade.kernel.landlock import AccessFs
 
 if TYPE_CHECKING:  # the fork server imports this module: keep it light
     from stockade.plan import EnforcementPlan
@@ -37,7 +40,38 @@ def child_options(plan: EnforcementPlan) -> dict[str, Any]:
         "id_maps": id_maps,
         "loopback": plan.loopback,
         "hostname": policy.hostname,
+        "masks": resolve_masks(plan),
     }
+
+
+def resolve_masks(plan: EnforcementPlan) -> tuple[tuple[bytes, bool], ...]:
+    """Each mask as ``(real path, is_dir)``, the path resolved here, so that
+    the child can reach it without following any symlink.
+
+    A missing path inside a writable tree is refused: the sandbox could
+    create it, and nothing would be masked.  A missing path elsewhere needs
+    no mask: nothing there can be read, and nothing can be created.
+    """
+    out: list[tuple[bytes, bool]] = []
+    writable = [
+        g.path for g in plan.landlock.grants if g.rights & (AccessFs.MAKE_REG | AccessFs.MAKE_DIR)
+    ]
+    for path in plan.landlock.masks:
+        real = os.path.realpath(path)
+        try:
+            st = os.stat(real)
+        except FileNotFoundError:
+            if any(real == w or real.startswith(w.rstrip("/") + "/") for w in writable):
+                raise PolicyError(
+                    f"{path} does not exist inside a writable tree: the sandbox could create "
+                    "it, and a mount mask needs something to cover (the supervisor will "
+                    "enforce this)",
+                    "policy",
+                    "deny",
+                ) from None
+            continue
+        out.append((os.fsencode(real), stat.S_ISDIR(st.st_mode)))
+    return tuple(out)
 
 
 def bounding_to_drop(drop_caps: bool, namespaces: frozenset[str]) -> int | None:

@@ -20,7 +20,7 @@ from typing import Any
 from stockade.errors import LaunchError, PolicyError, UnsupportedError
 from stockade.kernel import cgroup, landlock
 from stockade.kernel.seccomp import PreparedFilter
-from stockade.launch.child import ChildSetup, decode_record, read_record
+from stockade.launch.child import ChildSetup, decode_record, failed_target, read_record
 from stockade.launch.options import bounding_to_drop, child_options
 from stockade.launch.reaper import kill_tree
 from stockade.plan import EnforcementPlan
@@ -139,13 +139,14 @@ class SandboxProcess(subprocess.Popen[Any]):
         self.timed_out = False
         self.pidfd = -1
         plan = prepared.plan
+        options = child_options(plan)
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         try:
             setup = ChildSetup(
                 error_fd=write_fd,
                 parent_pid=os.getpid(),
                 cap_last=bounding_to_drop(plan.drop_caps, plan.namespaces),
-                **child_options(plan),
+                **options,
                 cgroup_procs_fd=prepared.cgroup.procs_fd if prepared.cgroup else None,
                 landlock_fd=prepared.ruleset_fd,
                 seccomp_filter=prepared.filter,
@@ -166,8 +167,8 @@ class SandboxProcess(subprocess.Popen[Any]):
         if record:
             super().wait()
             prepared.close()
-            step, err = decode_record(record)
-            raise LaunchError(step, err)
+            step, err, index = decode_record(record)
+            raise LaunchError(step, err, failed_target(step, index, options["masks"]))
         # Our own child and not yet reaped, so the pid cannot have been reused.
         self.pidfd = os.pidfd_open(self.pid)
 

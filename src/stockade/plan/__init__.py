@@ -97,7 +97,10 @@ def compile_plan(policy: Policy, facts: KernelFacts) -> EnforcementPlan:
             "and connect to host processes",
         )
     net = compile_net(policy_for_net)
-    landlock = compile_landlock(policy_for_net, net, facts.landlock_abi)
+    can_mask = facts.privileged or facts.user_namespaces
+    landlock = compile_landlock(policy_for_net, net, facts.landlock_abi, can_mask)
+    if landlock.masks:
+        namespaces |= {"mount"} if facts.privileged else {"mount", "user"}
     deny_tcp = facts.landlock_abi < 4 and not (net.connect_all and net.bind_all)
     spec = FilterSpec(
         allow_udp=net.allow_udp,
@@ -151,8 +154,9 @@ def compile_plan(policy: Policy, facts: KernelFacts) -> EnforcementPlan:
 
 
 #: Namespaces the child can enter by itself, in one unshare(2).  pid needs
-#: an init, mount a root to build, cgroup and time come with those.
-SUPPORTED_NAMESPACES = frozenset({"user", "net", "uts", "ipc"})
+#: an init; cgroup and time come with it.  A mount namespace carries masks
+#: (and, later, a private root).
+SUPPORTED_NAMESPACES = frozenset({"user", "mount", "net", "uts", "ipc"})
 
 
 def _namespaces(policy: Policy, facts: KernelFacts) -> frozenset[str]:
@@ -168,7 +172,7 @@ def _namespaces(policy: Policy, facts: KernelFacts) -> frozenset[str]:
     if missing:
         raise PolicyError(
             f"{', '.join(sorted(missing))} namespaces need the rest of the namespace layer, "
-            "which this release does not have yet; user, net, uts and ipc work",
+            "which this release does not have yet; user, mount, net, uts and ipc work",
             "policy",
             "unshare",
         )

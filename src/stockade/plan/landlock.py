@@ -61,6 +61,8 @@ class LandlockPlan:
     grants: tuple[PathGrant, ...]
     #: (port, rights) pairs.
     ports: tuple[tuple[int, AccessNet], ...]
+    #: Paths hidden under an unreadable mount (needs a mount namespace).
+    masks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,20 @@ def needs_abi(abi: int, need: int, feature: str, hint: str) -> None:
         )
 
 
-def compile_fs(policy: Policy, abi: int) -> tuple[AccessFs, tuple[PathGrant, ...]]:
-    """The handled rights and the grants for the filesystem categories."""
+#: What ``--deny PATH`` refuses: a mask stands for exactly these.
+MASKED_CATEGORIES = frozenset(CATEGORY_RIGHTS)
+
+
+def compile_fs(
+    policy: Policy, abi: int, can_mask: bool = False
+) -> tuple[AccessFs, tuple[PathGrant, ...], tuple[str, ...]]:
+    """The handled rights, the grants, and the paths to mask.
+
+    A deny inside a tree an earlier rule allowed cannot be a Landlock rule.
+    With *can_mask* (a mount namespace is possible) a literal path or tree
+    denied for every filesystem category becomes a mask: an unreadable
+    empty file or directory mounted over it.  Anything else is refused.
+    """
     if Category.STAT in policy.enabled:
         raise PolicyError(
             "stat rules need the supervisor, which this release does not have yet; "
@@ -97,6 +111,7 @@ def compile_fs(policy: Policy, abi: int) -> tuple[AccessFs, tuple[PathGrant, ...
     known = fs_rights_for_abi(abi)
     handled = AccessFs(0)
     grants: dict[tuple[str, bool], tuple[AccessFs, str]] = {}
+    masks: set[str] = set()
     for category, rights in CATEGORY_RIGHTS.items():
         if category not in policy.enabled:
             continue
@@ -110,7 +125,7 @@ def compile_fs(policy: Policy, abi: int) -> tuple[AccessFs, tuple[PathGrant, ...
                 )
         handled |= rights & known
         allowed: list[Rule] = []
-        for rule in policy.rules_for(category):
+        for index, rule in enumerate(policy.rules_for(category)):
             if rule.action is Action.ALLOW:
                 _check_allow(rule)
                 allowed.append(rule)
@@ -121,21 +136,47 @@ def compile_fs(policy: Policy, abi: int) -> tuple[AccessFs, tuple[PathGrant, ...
             else:
                 for earlier in allowed:
                     if patterns.may_overlap(earlier.pattern, rule.pattern):
-                        raise PolicyError(
-                            f"a deny inside an allowed tree ({earlier}) needs a mount mask or "
-                            "the supervisor, which this release does not have yet",
-                            "policy",
-                            str(rule),
-                        )
+                        target = _mask_target(rule, policy, category, index) if can_mask else None
+                        if target is None:
+                            raise PolicyError(
+                                f"a deny inside an allowed tree ({earlier}) needs a mount mask "
+                                "(a literal path denied for every access, with no later allow "
+                                "inside it) or the supervisor, which this release does not "
+                                "have yet",
+                                "policy",
+                                str(rule),
+                            )
+                        masks.add(target)
     if Category.READ in policy.enabled:
         _check_exec_readable(grants)
     if handled:
         handled |= ALWAYS_DENIED
-    return handled, tuple(
+    grant_list = tuple(
         PathGrant(path, rights, tree, origin)
         for (path, tree), (rights, origin) in grants.items()
         if rights
     )
+    return handled, grant_list, tuple(sorted(masks))
+
+
+def _mask_target(rule: Rule, policy: Policy, category: Category, index: int) -> str | None:
+    """The path a mask may stand for *rule*, or None when a mask would deny
+    more than the policy says."""
+    root = patterns.tree_root(rule.pattern)
+    path = root if root is not None else rule.pattern
+    if not patterns.is_literal(path) or path == "/":
+        return None
+    denied = {
+        r.category
+        for r in policy.rules
+        if r.action is Action.DENY and r.pattern == rule.pattern and r.category in policy.enabled
+    }
+    if not (MASKED_CATEGORIES & policy.enabled) <= denied:
+        return None  # a mask refuses every access, the rules only some
+    for later in policy.rules_for(category)[index + 1 :]:
+        if later.action is Action.ALLOW and patterns.may_overlap(later.pattern, rule.pattern):
+            return None  # a later allow reopens part of it: a mask would hide that
+    return path
 
 
 def _check_exec_readable(grants: dict[tuple[str, bool], tuple[AccessFs, str]]) -> None:
@@ -246,9 +287,11 @@ def _ranges(ports: set[int]) -> tuple[PortRange, ...]:
     return tuple(out)
 
 
-def compile_landlock(policy: Policy, net: NetPlan, abi: int) -> LandlockPlan:
+def compile_landlock(
+    policy: Policy, net: NetPlan, abi: int, can_mask: bool = False
+) -> LandlockPlan:
     """The Landlock ruleset for *policy* on a kernel with ABI *abi*."""
-    handled_fs, grants = compile_fs(policy, abi)
+    handled_fs, grants, masks = compile_fs(policy, abi, can_mask)
     handled_net = AccessNet(0)
     port_rules: list[tuple[int, AccessNet]] = []
     wants_net = not (net.connect_all and net.bind_all)
@@ -274,4 +317,5 @@ def compile_landlock(policy: Policy, net: NetPlan, abi: int) -> LandlockPlan:
         scoped=scopes_for_abi(abi),
         grants=grants,
         ports=tuple(port_rules),
+        masks=masks,
     )
