@@ -43,6 +43,22 @@ from pathlib import Path
 
 from stockade.errors import errno_name
 from stockade.kernel import _ffi
+from stockade.kernel.landlock import LANDLOCK_CREATE_RULESET_VERSION
+from stockade.kernel.seccomp import (
+    SECCOMP_FILTER_FLAG_NEW_LISTENER,
+    SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
+    SECCOMP_GET_ACTION_AVAIL,
+    SECCOMP_GET_NOTIF_SIZES,
+    SECCOMP_RET_ALLOW,
+    SECCOMP_RET_ERRNO,
+    SECCOMP_RET_KILL_PROCESS,
+    SECCOMP_RET_KILL_THREAD,
+    SECCOMP_RET_LOG,
+    SECCOMP_RET_TRACE,
+    SECCOMP_RET_TRAP,
+    SECCOMP_RET_USER_NOTIF,
+    SECCOMP_SET_MODE_FILTER,
+)
 
 __all__ = [
     "LANDLOCK_LEVELS",
@@ -67,19 +83,8 @@ __all__ = [
     "user_namespaces",
 ]
 
-# Syscall numbers _ffi's table does not carry yet (x86_64,
-# arch/x86/entry/syscalls/syscall_64.tbl); they belong there.
-
-LANDLOCK_CREATE_RULESET_VERSION = 1 << 0
-
-# include/uapi/linux/seccomp.h
-SECCOMP_SET_MODE_FILTER = 1
-SECCOMP_GET_ACTION_AVAIL = 2
-SECCOMP_GET_NOTIF_SIZES = 3
-SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
-SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
+# include/uapi/linux/seccomp.h constants live in kernel/seccomp.py.
 SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP = 1 << 0
-SECCOMP_RET_ALLOW = 0x7FFF0000
 # SECCOMP_IOW(3, struct seccomp_notif_addfd) and SECCOMP_IOW(4, __u64):
 # _IOW('!', nr, size) = 1 << 30 | size << 16 | ord('!') << 8 | nr.
 SECCOMP_IOCTL_NOTIF_ADDFD = 0x40182103
@@ -87,13 +92,13 @@ SECCOMP_IOCTL_NOTIF_SET_FLAGS = 0x40082104
 
 #: ``SECCOMP_RET_*`` action values, by the names seccomp(2) uses.
 SECCOMP_ACTIONS: dict[str, int] = {
-    "kill_process": 0x80000000,
-    "kill_thread": 0x00000000,
-    "trap": 0x00030000,
-    "errno": 0x00050000,
-    "user_notif": 0x7FC00000,
-    "trace": 0x7FF00000,
-    "log": 0x7FFC0000,
+    "kill_process": SECCOMP_RET_KILL_PROCESS,
+    "kill_thread": SECCOMP_RET_KILL_THREAD,
+    "trap": SECCOMP_RET_TRAP,
+    "errno": SECCOMP_RET_ERRNO,
+    "user_notif": SECCOMP_RET_USER_NOTIF,
+    "trace": SECCOMP_RET_TRACE,
+    "log": SECCOMP_RET_LOG,
     "allow": SECCOMP_RET_ALLOW,
 }
 
