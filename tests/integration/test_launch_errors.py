@@ -41,13 +41,13 @@ def descendants(pid: int | None = None) -> set[int]:
         parent = stack.pop()
         try:
             tids = os.listdir(f"/proc/{parent}/task")
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # gone, or being reaped
             continue
         for tid in tids:
             try:
                 with open(f"/proc/{parent}/task/{tid}/children") as f:
                     kids = {int(x) for x in f.read().split()}
-            except FileNotFoundError:
+            except (FileNotFoundError, ProcessLookupError):
                 continue
             stack.extend(kids - found)
             found |= kids
