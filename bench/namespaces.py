@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-import stockade  # noqa: E402 - after the path set-up above
+import stockade
 
 SYSTEM = ["/usr", "/lib", "/lib64", "/bin", "/etc"]
 TRUE = "/bin/true"

@@ -3,9 +3,9 @@
 Alternates, in this one process, ``subprocess.run(['/bin/true'])`` with
 stockade's ``Sandbox.run(['/bin/true'])`` through each spawner: the fork
 server (the API's default) and ``spawner="fork"`` (a fork of this process,
-which needs it to be a child subreaper: this probe makes itself one).  With ``--hold-mb`` it first touches that much
-memory.  Prints the samples as one JSON line; run it with ``src`` on
-``PYTHONPATH``.
+which needs it to be a child subreaper: this probe makes itself one).
+With ``--hold-mb`` it first touches that much memory.  Prints the samples
+as one JSON line; run it with ``src`` on ``PYTHONPATH``.
 """
 
 from __future__ import annotations
