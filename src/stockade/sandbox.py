@@ -136,6 +136,8 @@ class Sandbox:
         map_root: bool = False,
         hostname: str | None = None,
         no_net: bool = False,
+        binds: Iterable[str] = (),
+        tmpfs: Iterable[str] = (),
         on_event: Callable[[Any], Any] | None = None,
         spawner: str = "server",
     ) -> None:
@@ -166,6 +168,10 @@ class Sandbox:
                 b.deny(os.fspath(path))
             for spec in net_allow:
                 b.net_allow(spec)
+            for bind in binds:
+                b.set("bind", bind)
+            for dst in tmpfs:
+                b.set("tmpfs", os.fspath(dst))
             for ports in net_bind:
                 b.net_bind(str(ports))
             for line in rules:

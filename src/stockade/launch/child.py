@@ -43,6 +43,7 @@ import ctypes
 import os
 
 from stockade.kernel import _ffi
+from stockade.kernel.landlock import LANDLOCK_RULE_PATH_BENEATH, PathBeneathAttr
 from stockade.kernel.seccomp import SECCOMP_SET_MODE_FILTER, PreparedFilter
 
 # Step numbers sent over the error pipe, and their names for messages.
@@ -66,6 +67,7 @@ STEP_HOSTNAME = 17
 STEP_MOUNT_PRIVATE = 18
 STEP_MASK_STAGING = 19
 STEP_MASK = 20
+STEP_BIND = 21
 
 STEP_NAMES = {
     STEP_SETSID: "setsid",
@@ -88,6 +90,7 @@ STEP_NAMES = {
     STEP_MOUNT_PRIVATE: "making the mount namespace private",
     STEP_MASK_STAGING: "preparing the masks (tmpfs)",
     STEP_MASK: "mounting a mask over",
+    STEP_BIND: "mounting (--bind or --tmpfs) over",
 }
 
 #: Exit status of a child that failed setup (never seen by users: the
@@ -150,6 +153,7 @@ FSMOUNT_CLOEXEC = 1
 OPEN_TREE_CLONE = 1
 OPEN_TREE_CLOEXEC = 0o2000000
 AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
 MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
@@ -230,6 +234,8 @@ class ChildSetup:
         loopback: bool = False,
         hostname: str | None = None,
         masks: tuple[tuple[bytes, bool], ...] = (),
+        mounts: tuple[tuple[bytes, bytes, bool], ...] = (),
+        tmpfs_rights: int = 0,
         landlock_fd: int | None = None,
         seccomp_filter: PreparedFilter | None = None,
     ) -> None:
@@ -272,6 +278,15 @@ class ChildSetup:
         # Masks: (path, is_dir).  A read-only, nosuid, nodev, noexec clone of
         # a mode-000 directory or file from a private tmpfs goes over each.
         self._masks = masks
+        # Binds and tmpfs mounts: (source or b"" for a tmpfs, target, readonly).
+        self._mounts = mounts
+        # A tmpfs root exists only once mounted: its Landlock rule is added
+        # here, to the parent's ruleset, before the domain is entered.
+        self._tmpfs_rule = PathBeneathAttr(tmpfs_rights, -1)
+        self._bind_attr = _MountAttr(MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, 0, 0)
+        self._bind_ro_attr = _MountAttr(
+            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, 0, 0
+        )
         self._open_how = _OpenHow(O_PATH | O_CLOEXEC, 0, RESOLVE_NO_SYMLINKS)
         self._mount_attr = _MountAttr(
             MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC, 0, 0, 0
@@ -369,8 +384,49 @@ class ChildSetup:
             # Nothing mounted here may propagate back to the host.
             self._sys(STEP_MOUNT_PRIVATE, SYS_mount, None, b"/", None,
                       c_long(MS_REC | MS_PRIVATE), None)  # fmt: skip
+        if self._mounts:
+            self._mount_binds()
         if self._masks:
             self._mount_masks()
+
+    def _open_nofollow(self, step: int, path: bytes, index: int) -> int:
+        return self._sys(step, SYS_openat2, ctypes.c_long(-100), path,
+                         ctypes.byref(self._open_how), ctypes.c_long(ctypes.sizeof(_OpenHow)),
+                         index=index)  # fmt: skip
+
+    def _mount_binds(self) -> None:
+        c_long = ctypes.c_long
+        for index, (source, target, readonly) in enumerate(self._mounts):
+            step = STEP_BIND
+            if source:
+                src = self._open_nofollow(step, source, index)
+                tree = self._sys(step, SYS_open_tree, c_long(src), b"",
+                                 c_long(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE
+                                        | AT_EMPTY_PATH), index=index)  # fmt: skip
+                self._syscall(c_long(SYS_close), c_long(src))
+            else:
+                fs = self._sys(step, SYS_fsopen, b"tmpfs", c_long(FSOPEN_CLOEXEC), index=index)
+                self._sys(step, SYS_fsconfig, c_long(fs), c_long(FSCONFIG_CMD_CREATE), None,
+                          None, c_long(0), index=index)  # fmt: skip
+                tree = self._sys(step, SYS_fsmount, c_long(fs), c_long(FSMOUNT_CLOEXEC),
+                                 c_long(0), index=index)  # fmt: skip
+                self._syscall(c_long(SYS_close), c_long(fs))
+                if self._landlock_fd is not None and self._tmpfs_rule.allowed_access:
+                    self._tmpfs_rule.parent_fd = tree
+                    self._sys(step, _ffi.SYS_landlock_add_rule, c_long(self._landlock_fd),
+                              c_long(LANDLOCK_RULE_PATH_BENEATH),
+                              ctypes.byref(self._tmpfs_rule), c_long(0),
+                              index=index)  # fmt: skip
+            attr = self._bind_ro_attr if readonly else self._bind_attr
+            self._sys(step, SYS_mount_setattr, c_long(tree), b"",
+                      c_long(AT_EMPTY_PATH | AT_RECURSIVE), ctypes.byref(attr),
+                      c_long(ctypes.sizeof(_MountAttr)), index=index)  # fmt: skip
+            dst = self._open_nofollow(step, target, index)
+            self._sys(step, SYS_move_mount, c_long(tree), b"", c_long(dst), b"",
+                      c_long(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH),
+                      index=index)  # fmt: skip
+            self._syscall(c_long(SYS_close), c_long(tree))
+            self._syscall(c_long(SYS_close), c_long(dst))
 
     def _mount_masks(self) -> None:
         c_long = ctypes.c_long
@@ -426,8 +482,15 @@ def decode_record(data: bytes) -> tuple[str, int, int]:
     return STEP_NAMES.get(step, f"step {step}"), err, index
 
 
-def failed_target(step: str, index: int, masks: tuple[tuple[bytes, bool], ...]) -> str:
-    """The path a failed step was about, for the error message."""
+def failed_target(
+    step: str,
+    index: int,
+    masks: tuple[tuple[bytes, bool], ...] = (),
+    mounts: tuple[tuple[bytes, bytes, bool], ...] = (),
+) -> str:
+    """The path a failed mask or mount step was about, for the message."""
     if step == STEP_NAMES[STEP_MASK] and index < len(masks):
         return masks[index][0].decode(errors="replace")
+    if step == STEP_NAMES[STEP_BIND] and index < len(mounts):
+        return mounts[index][1].decode(errors="replace")
     return ""

@@ -219,7 +219,11 @@ class Server:
         if record:
             proc.wait()
             step, err, index = decode_record(record)
-            raise LaunchError(step, err, failed_target(step, index, req.setup.get("masks", ())))
+            raise LaunchError(
+                step,
+                err,
+                failed_target(step, index, req.setup.get("masks", ()), req.setup.get("mounts", ())),
+            )
         return proc
 
     def _command(self, run: _Run) -> None:

@@ -41,7 +41,45 @@ def child_options(plan: EnforcementPlan) -> dict[str, Any]:
         "loopback": plan.loopback,
         "hostname": policy.hostname,
         "masks": resolve_masks(plan),
+        "mounts": resolve_mounts(plan),
+        "tmpfs_rights": plan.tmpfs_rights,
     }
+
+
+def resolve_mounts(plan: EnforcementPlan) -> tuple[tuple[bytes, bytes, bool], ...]:
+    """Binds and tmpfs mounts as ``(source, destination, readonly)``, both
+    paths resolved here (an empty source is a fresh tmpfs).  Without a
+    private root the destination must already exist, as what the source is:
+    a directory over a directory, a file over a file."""
+    policy = plan.policy
+    out: list[tuple[bytes, bytes, bool]] = []
+    for bind in policy.binds:
+        src, dst = os.path.realpath(bind.src), os.path.realpath(bind.dst)
+        src_st, dst_st = _stat(src, f"--bind {bind}"), _stat(dst, f"--bind {bind}")
+        if stat.S_ISDIR(src_st.st_mode) != stat.S_ISDIR(dst_st.st_mode):
+            raise PolicyError(
+                f"{bind.src} and {bind.dst} must both be directories or both files",
+                "policy",
+                f"--bind {bind}",
+            )
+        out.append((os.fsencode(src), os.fsencode(dst), bind.readonly))
+    for path in policy.tmpfs:
+        dst = os.path.realpath(path)
+        if not stat.S_ISDIR(_stat(dst, f"--tmpfs {path}").st_mode):
+            raise PolicyError(f"{path} is not a directory", "policy", f"--tmpfs {path}")
+        out.append((b"", os.fsencode(dst), False))
+    return tuple(out)
+
+
+def _stat(path: str, origin: str) -> os.stat_result:
+    try:
+        return os.stat(path)
+    except OSError as err:
+        raise PolicyError(
+            f"{path}: {err.strerror}; without a private root (--root) the mount point must exist",
+            "policy",
+            origin,
+        ) from None
 
 
 def resolve_masks(plan: EnforcementPlan) -> tuple[tuple[bytes, bool], ...]:

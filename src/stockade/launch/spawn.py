@@ -168,7 +168,9 @@ class SandboxProcess(subprocess.Popen[Any]):
             super().wait()
             prepared.close()
             step, err, index = decode_record(record)
-            raise LaunchError(step, err, failed_target(step, index, options["masks"]))
+            raise LaunchError(
+                step, err, failed_target(step, index, options["masks"], options["mounts"])
+            )
         # Our own child and not yet reaped, so the pid cannot have been reused.
         self.pidfd = os.pidfd_open(self.pid)
 

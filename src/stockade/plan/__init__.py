@@ -12,7 +12,13 @@ from dataclasses import dataclass, replace
 
 from stockade.errors import PolicyError, UnsupportedError
 from stockade.plan.filter import FilterSpec, build_program
-from stockade.plan.landlock import LandlockPlan, NetPlan, compile_landlock, compile_net
+from stockade.plan.landlock import (
+    LandlockPlan,
+    NetPlan,
+    compile_landlock,
+    compile_net,
+    tmpfs_rights,
+)
 from stockade.policy.model import NET_CATEGORIES, Category, Policy
 
 RLIM_INFINITY = resource.RLIM_INFINITY
@@ -73,6 +79,8 @@ class EnforcementPlan:
     namespaces: frozenset[str] = frozenset()
     #: Bring the loopback interface up in the new network namespace.
     loopback: bool = False
+    #: Landlock rights the child grants beneath each ``--tmpfs`` it mounts.
+    tmpfs_rights: int = 0
 
 
 def compile_plan(policy: Policy, facts: KernelFacts) -> EnforcementPlan:
@@ -99,7 +107,7 @@ def compile_plan(policy: Policy, facts: KernelFacts) -> EnforcementPlan:
     net = compile_net(policy_for_net)
     can_mask = facts.privileged or facts.user_namespaces
     landlock = compile_landlock(policy_for_net, net, facts.landlock_abi, can_mask)
-    if landlock.masks:
+    if landlock.masks or policy.binds or policy.tmpfs:
         namespaces |= {"mount"} if facts.privileged else {"mount", "user"}
     deny_tcp = facts.landlock_abi < 4 and not (net.connect_all and net.bind_all)
     spec = FilterSpec(
@@ -150,6 +158,7 @@ def compile_plan(policy: Policy, facts: KernelFacts) -> EnforcementPlan:
         pids_cgroup_max=pids_max,
         namespaces=namespaces,
         loopback="net" in namespaces,
+        tmpfs_rights=int(tmpfs_rights(landlock.handled_fs)) if policy.tmpfs else 0,
     )
 
 
@@ -197,8 +206,6 @@ def _refuse_unimplemented(policy: Policy) -> None:
     """Options whose layer has not landed yet are errors, never ignored."""
     pending = {
         "root": policy.root is not None,
-        "bind": bool(policy.binds),
-        "tmpfs": bool(policy.tmpfs),
         "ipc": policy.ipc is not None,
         "pty": policy.pty,
     }

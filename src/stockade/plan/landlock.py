@@ -287,11 +287,44 @@ def _ranges(ports: set[int]) -> tuple[PortRange, ...]:
     return tuple(out)
 
 
+def all_rights() -> AccessFs:
+    """Every right a rule category stands for (what a writable tree gets)."""
+    everything = AccessFs(0)
+    for rights in CATEGORY_RIGHTS.values():
+        everything |= rights
+    return everything
+
+
+def mount_grants(policy: Policy, handled: AccessFs) -> tuple[PathGrant, ...]:
+    """What binds grant at their destination (SPEC section 2: ``:ro`` read,
+    otherwise read-write).
+
+    Landlock's walk up a path skips a hidden mount point, so a rule on the
+    destination's own inode never covers what is mounted over it; the bind
+    root *is* the source's inode, so the rule goes there.  (Without a
+    private root the source is then reachable under its own path too, with
+    the same access.)  A tmpfs has no inode until the child mounts it: the
+    child adds that rule itself (see ``tmpfs_rights``).
+    """
+    read = CATEGORY_RIGHTS[Category.READ] | CATEGORY_RIGHTS[Category.EXEC]
+    out = [
+        PathGrant(b.src, (read if b.readonly else all_rights()) & handled, True, f"--bind {b}")
+        for b in policy.binds
+    ]
+    return tuple(g for g in out if g.rights)
+
+
+def tmpfs_rights(handled: AccessFs) -> AccessFs:
+    """What a ``--tmpfs`` grants beneath it: read-write."""
+    return all_rights() & handled
+
+
 def compile_landlock(
     policy: Policy, net: NetPlan, abi: int, can_mask: bool = False
 ) -> LandlockPlan:
     """The Landlock ruleset for *policy* on a kernel with ABI *abi*."""
     handled_fs, grants, masks = compile_fs(policy, abi, can_mask)
+    grants += mount_grants(policy, handled_fs)
     handled_net = AccessNet(0)
     port_rules: list[tuple[int, AccessNet]] = []
     wants_net = not (net.connect_all and net.bind_all)
