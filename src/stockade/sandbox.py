@@ -97,17 +97,20 @@ _Paths = Iterable[str | os.PathLike[str]]
 class Sandbox:
     """A reusable sandbox policy that runs commands confined by it.
 
-    Build it from keyword arguments (SPEC section 3) or a ready
-    :class:`Policy`; invalid arguments raise :class:`stockade.PolicyError`
-    before anything runs.  :meth:`run` and :meth:`popen` may be called from
-    many threads at once.
+    Build it from keyword arguments (SPEC section 3; each has the name of
+    a ``stockade run`` option, with ``binds``/``tmpfs`` lists for
+    ``--bind``/``--tmpfs``) or a ready :class:`Policy`.  Invalid arguments
+    raise :class:`stockade.PolicyError` before anything runs; a policy this
+    kernel cannot enforce raises :class:`stockade.UnsupportedError` at the
+    first run.  :meth:`run` and :meth:`popen` may be called from many
+    threads at once.
 
     ``spawner`` chooses who forks the sandboxed process: ``"server"`` (the
     default) sends each run to a small fork server started once per
     process, so the cost does not grow with this process's memory and
     every process a run leaves behind is found and ended; ``"fork"`` forks
-    from this process, which must be a child subreaper that kills and reaps
-    what is reparented to it (what the command line does).
+    from this process, which must then be a child subreaper that kills and
+    reaps what is reparented to it.
     """
 
     def __init__(
