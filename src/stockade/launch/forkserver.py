@@ -71,7 +71,7 @@ class Request:
     env: dict[str, str]
     cwd: str | None
     fds: list[str]
-    #: :class:`ChildSetup` keyword arguments (see ``spawn.child_options``).
+    #: :class:`ChildSetup` keyword arguments (see ``options.child_options``).
     setup: dict[str, Any] = field(default_factory=dict)
     filter_program: bytes = b""
     filter_flags: int = 0
@@ -115,6 +115,9 @@ class Server:
         self.ctl = ctl
         self.sel = selectors.DefaultSelector()
         self.runs: dict[int, _Run] = {}
+        # Read once: the server's bounding set does not change after start,
+        # and reading it is one prctl per capability.
+        self._bounding_empty = caps.bounding_set_empty()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -191,7 +194,9 @@ class Server:
                 error_fd=err_w,
                 parent_pid=os.getpid(),
                 cap_last=bounding_to_drop(
-                    req.setup.get("drop_caps", False), req.setup.get("namespaces", frozenset())
+                    req.setup.get("drop_caps", False),
+                    req.setup.get("namespaces", frozenset()),
+                    self._bounding_empty,
                 ),
                 **req.setup,
                 cgroup_procs_fd=fds.get("cgroup"),

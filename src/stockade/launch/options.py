@@ -112,13 +112,15 @@ def resolve_masks(plan: EnforcementPlan) -> tuple[tuple[bytes, bool], ...]:
     return tuple(out)
 
 
-def bounding_to_drop(drop_caps: bool, namespaces: frozenset[str]) -> int | None:
+def bounding_to_drop(
+    drop_caps: bool, namespaces: frozenset[str], bounding_empty: bool
+) -> int | None:
     """What the child must drop of the bounding set: None when the forking
-    process has none left to pass on (the fork server of a root host and
-    the command line empty their own once).  Entering a new user namespace
-    resets the bounding set to full, so then the child always drops it."""
+    process has none left to pass on (*bounding_empty*: the fork server of a
+    root host empties its own once).  Entering a new user namespace resets
+    the bounding set to full, so then the child always drops it."""
     if not drop_caps:
         return None
-    if "user" not in namespaces and caps.bounding_set_empty():
+    if "user" not in namespaces and bounding_empty:
         return None
     return caps.cap_last()

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from stockade.errors import LaunchError, PolicyError, UnsupportedError
-from stockade.kernel import cgroup, landlock
+from stockade.kernel import caps, cgroup, landlock
 from stockade.kernel.seccomp import PreparedFilter
 from stockade.launch.child import ChildSetup, decode_record, failed_target, read_record
 from stockade.launch.options import bounding_to_drop, child_options
@@ -145,7 +145,11 @@ class SandboxProcess(subprocess.Popen[Any]):
             setup = ChildSetup(
                 error_fd=write_fd,
                 parent_pid=os.getpid(),
-                cap_last=bounding_to_drop(plan.drop_caps, plan.namespaces),
+                cap_last=bounding_to_drop(
+                    plan.drop_caps,
+                    plan.namespaces,
+                    plan.drop_caps and caps.bounding_set_empty(),
+                ),
                 **options,
                 cgroup_procs_fd=prepared.cgroup.procs_fd if prepared.cgroup else None,
                 landlock_fd=prepared.ruleset_fd,
