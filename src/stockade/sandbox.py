@@ -141,6 +141,7 @@ class Sandbox:
         no_net: bool = False,
         binds: Iterable[str] = (),
         tmpfs: Iterable[str] = (),
+        root: str | os.PathLike[str] | None = None,
         on_event: Callable[[Any], Any] | None = None,
         spawner: str = "server",
     ) -> None:
@@ -185,6 +186,7 @@ class Sandbox:
                 "timeout": timeout,
                 "cwd": cwd,
                 "hostname": hostname,
+                "root": os.fspath(root) if root is not None else None,
                 "unshare": (unshare if isinstance(unshare, str) else list(unshare)) or None,
             }
             for key, value in items.items():
@@ -255,7 +257,10 @@ class Sandbox:
             env = kwargs.pop("env", None)
             if env is None:
                 env = self.environment(prepared.tmpdir)
-            kwargs.setdefault("cwd", self.policy.cwd)
+            if self.policy.root is None:
+                # Under a private root the child enters the policy's cwd
+                # itself, after pivot_root (it may exist only inside).
+                kwargs.setdefault("cwd", self.policy.cwd)
             if self.spawner == "fork":
                 from stockade.launch.reaper import is_subreaper
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from stockade.errors import PolicyError
 from stockade.kernel import caps
 from stockade.kernel.landlock import AccessFs
+from stockade.launch.rootfs import root_options
 
 if TYPE_CHECKING:  # the fork server imports this module: keep it light
     from stockade.plan import EnforcementPlan
@@ -41,8 +42,9 @@ def child_options(plan: EnforcementPlan) -> dict[str, Any]:
         "loopback": plan.loopback,
         "hostname": policy.hostname,
         "masks": resolve_masks(plan),
-        "mounts": resolve_mounts(plan),
+        "mounts": resolve_mounts(plan) if policy.root is None else (),
         "tmpfs_rights": plan.tmpfs_rights,
+        **root_options(plan),
     }
 
 

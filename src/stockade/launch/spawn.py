@@ -84,39 +84,62 @@ def build_ruleset(plan: EnforcementPlan, tmpdir: str | None) -> int:
             for right in CATEGORY_RIGHTS.values():
                 rights |= right
             grants.append(PathGrant(tmpdir, rights & lp.handled_fs, True, "private tmp"))
-        for grant in grants:
+        root_fd = -1
+        if any(g.in_root for g in grants):
+            # root = DIR: the sandbox's paths are DIR's.
+            root = plan.policy.root or "/"
             try:
-                pfd = landlock.open_path(grant.path)
-            except FileNotFoundError:
-                continue
+                root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             except OSError as err:
                 raise PolicyError(
-                    f"cannot open {grant.path}: {errno.errorcode.get(err.errno or 0, err)}",
+                    f"cannot open the root {root}: {errno.errorcode.get(err.errno or 0, err)}",
                     "policy",
-                    grant.origin,
+                    "root",
                 ) from err
-            try:
-                is_dir = os.path.isdir(f"/proc/self/fd/{pfd}")
-                rights = grant.rights
-                if not is_dir:
-                    rights &= landlock.FILE_RIGHTS
-                elif not grant.tree:
-                    raise PolicyError(
-                        f"{grant.path} is a directory; allow the tree with {grant.path}/*** "
-                        "(a rule for the directory alone needs the supervisor)",
-                        "policy",
-                        grant.origin,
-                    )
-                if rights:
-                    landlock.add_path_rule(fd, rights, pfd, grant.path)
-            finally:
-                os.close(pfd)
+        try:
+            _add_grants(fd, grants, root_fd)
+        finally:
+            if root_fd >= 0:
+                os.close(root_fd)
         for port, net_rights in lp.ports:
             landlock.add_port_rule(fd, net_rights, port)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _add_grants(fd: int, grants: list[Any], root_fd: int) -> None:
+    for grant in grants:
+        try:
+            if grant.in_root:
+                pfd = landlock.open_path_in_root(root_fd, grant.path)
+            else:
+                pfd = landlock.open_path(grant.path)
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            raise PolicyError(
+                f"cannot open {grant.path}: {errno.errorcode.get(err.errno or 0, err)}",
+                "policy",
+                grant.origin,
+            ) from err
+        try:
+            is_dir = os.path.isdir(f"/proc/self/fd/{pfd}")
+            rights = grant.rights
+            if not is_dir:
+                rights &= landlock.FILE_RIGHTS
+            elif not grant.tree:
+                raise PolicyError(
+                    f"{grant.path} is a directory; allow the tree with {grant.path}/*** "
+                    "(a rule for the directory alone needs the supervisor)",
+                    "policy",
+                    grant.origin,
+                )
+            if rights:
+                landlock.add_path_rule(fd, rights, pfd, grant.path)
+        finally:
+            os.close(pfd)
 
 
 class SandboxProcess(subprocess.Popen[Any]):

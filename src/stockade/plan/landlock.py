@@ -10,7 +10,7 @@ supervisor and is refused with an error naming the rule, never weakened.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from stockade.errors import PolicyError, UnsupportedError
 from stockade.kernel.landlock import AccessFs, AccessNet, Scope, fs_rights_for_abi, scopes_for_abi
@@ -48,6 +48,9 @@ class PathGrant:
     tree: bool
     #: Where the grant came from, for error messages.
     origin: str
+    #: The path names a place inside a private root directory (``root =
+    #: DIR``): it is opened beneath DIR, not on the host.
+    in_root: bool = False
 
 
 @dataclass(frozen=True)
@@ -324,6 +327,9 @@ def compile_landlock(
 ) -> LandlockPlan:
     """The Landlock ruleset for *policy* on a kernel with ABI *abi*."""
     handled_fs, grants, masks = compile_fs(policy, abi, can_mask)
+    if policy.root not in (None, "tmpfs"):
+        # Under root = DIR the sandbox's /usr is DIR/usr.
+        grants = tuple(replace(g, in_root=True) for g in grants)
     grants += mount_grants(policy, handled_fs)
     handled_net = AccessNet(0)
     port_rules: list[tuple[int, AccessNet]] = []

@@ -1,0 +1,155 @@
+"""The parent's half of a private root: the child's operations, as data.
+
+:func:`root_ops` turns a plan with ``policy.root`` into the ordered list
+of operations :meth:`stockade.launch.child.ChildSetup.run` performs inside
+the new root before ``pivot_root``.  Each is ``(source, target, flags,
+parents, name)``: ``target`` is the absolute path inside the sandbox (for
+messages), ``parents`` and ``name`` its components (walked one at a time
+from the root, never following a symlink), ``flags`` an ``OP_*`` set with
+the kind in bits 8 and up.
+
+The order:
+
+1. entries (``mkdir``, ``mkfile``, ``mkfifo``, ``symlink``, ``link``), on
+   the tmpfs root itself, before anything is mounted over it: nothing is
+   ever made inside a bind, so nothing is made on the host;
+2. mounts, parents before children (a stable sort on depth, so the
+   user's order holds among equals): the minimal ``/dev`` first, with its
+   links made right after its tmpfs is mounted, then the binds and tmpfs
+   mounts.  A mount point is created only where the nearest mount above it
+   is a tmpfs of ours (or the tmpfs root); beneath a bind, or in a root
+   directory of the host, it must exist.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import TYPE_CHECKING, Any
+
+from stockade.errors import PolicyError
+from stockade.kernel.landlock import AccessFs
+from stockade.plan.rootfs import DEV_LINKS, DEV_NODES, beneath
+
+if TYPE_CHECKING:  # the fork server imports this module: keep it light
+    from stockade.plan import EnforcementPlan
+
+#: Mount read-only (and immutable).
+OP_RO = 0x1
+#: Create the mount point (and its parents) if missing.
+OP_CREATE = 0x2
+#: The mount point is a file.
+OP_FILE = 0x4
+#: A device node bind: no MOUNT_ATTR_NODEV.
+OP_DEV = 0x8
+#: Grant read-write beneath this tmpfs (Landlock), or read-write on a FIFO.
+OP_RW_RULE = 0x10
+#: Grant listing directories beneath this mount (Landlock).
+OP_LIST_RULE = 0x20
+#: Grant reading this file (Landlock).
+OP_READ_RULE = 0x40
+
+#: Kinds, in ``flags >> 8``.
+K_MOUNT = 0
+K_MKDIR = 1
+K_MKFILE = 2
+K_MKFIFO = 3
+K_SYMLINK = 4
+K_LINK = 5
+
+Op = tuple[bytes, bytes, int, tuple[bytes, ...], bytes]
+
+
+def _parts(path: str) -> tuple[tuple[bytes, ...], bytes]:
+    names = [os.fsencode(p) for p in path.split("/") if p]
+    return tuple(names[:-1]), names[-1]
+
+
+def _op(source: bytes, target: str, flags: int, kind: int = K_MOUNT) -> Op:
+    parents, name = _parts(target)
+    return (source, os.fsencode(target), flags | (kind << 8), parents, name)
+
+
+def root_options(plan: EnforcementPlan) -> dict[str, Any]:
+    """ChildSetup keyword arguments for a private root (empty without one)."""
+    policy = plan.policy
+    if policy.root is None:
+        return {}
+    handled = plan.landlock.handled_fs
+    return {
+        "root": b"" if policy.root == "tmpfs" else os.fsencode(os.path.realpath(policy.root)),
+        "mounts": root_ops(plan),
+        "root_cwd": os.fsencode(policy.cwd) if policy.cwd is not None else None,
+        "root_rights": (
+            int(AccessFs.READ_DIR & handled),
+            int(AccessFs.READ_FILE & handled),
+            int((AccessFs.READ_FILE | AccessFs.WRITE_FILE) & handled),
+        ),
+    }
+
+
+def root_ops(plan: EnforcementPlan) -> tuple[Op, ...]:
+    """The child's operations for *plan*'s private root, in order."""
+    policy = plan.policy
+    tmpfs_root = policy.root == "tmpfs"
+    ops: list[Op] = []
+    if tmpfs_root:
+        # An empty /proc for the procfs of a pid namespace to go on.
+        ops.append(_op(b"", "/proc", 0, K_MKDIR))
+        ops.extend(_op(b"", p, 0, K_MKDIR) for p in policy.mkdir)
+        ops.extend(_op(b"", p, OP_READ_RULE, K_MKFILE) for p in policy.mkfile)
+        ops.extend(_op(b"", p, OP_RW_RULE, K_MKFIFO) for p in policy.mkfifo)
+        ops.extend(_op(os.fsencode(t), p, 0, K_SYMLINK) for t, p in policy.symlink)
+        # A hard link's source is reached from the root fd: relative.
+        ops.extend(
+            _op(os.fsencode(t.lstrip("/")), p, OP_READ_RULE, K_LINK) for t, p in policy.link
+        )
+    # (destination, source or None for a tmpfs, flags, ops made right after it)
+    mounts: list[tuple[str, str | None, int, list[Op]]] = []
+    if tmpfs_root or _has_dev(policy.root):
+        links = [_op(os.fsencode(t), f"/dev/{n}", 0, K_SYMLINK) for n, t in DEV_LINKS]
+        mounts.append(("/dev", None, OP_LIST_RULE, links))
+        for name, _ in DEV_NODES:
+            node = f"/dev/{name}"
+            try:
+                is_char = stat.S_ISCHR(os.lstat(node).st_mode)
+            except OSError:
+                is_char = False
+            if is_char:  # a host without it (some containers) goes without
+                mounts.append((node, node, OP_DEV | OP_FILE, []))
+        mounts.append(("/dev/shm", None, OP_RW_RULE, []))
+    for bind in (*plan.root_binds, *policy.binds):
+        try:
+            st = os.stat(bind.src)
+        except FileNotFoundError:
+            if bind in plan.root_binds:
+                continue  # a rule on a path this host lacks allows nothing
+            raise PolicyError(f"{bind.src}: no such file or directory", "policy", f"--bind {bind}")
+        except OSError as err:
+            raise PolicyError(f"{bind.src}: {err.strerror}", "policy", f"--bind {bind}") from None
+        flags = (OP_RO if bind.readonly else 0) | (0 if stat.S_ISDIR(st.st_mode) else OP_FILE)
+        mounts.append((bind.dst, os.path.realpath(bind.src), flags, []))
+    mounts.extend((dst, None, OP_RW_RULE, []) for dst in policy.tmpfs)
+    mounts.sort(key=lambda m: m[0].count("/") - (m[0] == "/"))
+    placed: list[tuple[str, bool]] = []  # (destination, is one of our tmpfs)
+    for dst, src, flags, after in mounts:
+        enclosing = None
+        for top, ours in reversed(placed):
+            if top != dst and beneath(dst, top):
+                enclosing = ours
+                break
+        create = tmpfs_root if enclosing is None else enclosing
+        ops.append(_op(b"" if src is None else os.fsencode(src), dst, flags | (OP_CREATE * create)))
+        ops.extend(after)
+        placed.append((dst, src is None))
+    return tuple(ops)
+
+
+def _has_dev(root: str | None) -> bool:
+    """Whether a root directory has a real /dev directory to mount over."""
+    if root is None:
+        return False
+    try:
+        return stat.S_ISDIR(os.lstat(os.path.join(root, "dev")).st_mode)
+    except OSError:
+        return False
