@@ -76,6 +76,13 @@ def root_options(plan: EnforcementPlan) -> dict[str, Any]:
     if policy.root is None:
         return {}
     handled = plan.landlock.handled_fs
+    if policy.root != "tmpfs":
+        try:
+            is_dir = stat.S_ISDIR(os.stat(policy.root).st_mode)
+        except OSError as err:
+            raise PolicyError(f"{policy.root}: {err.strerror}", "policy", "root") from None
+        if not is_dir:
+            raise PolicyError(f"{policy.root} is not a directory", "policy", "root")
     return {
         "root": b"" if policy.root == "tmpfs" else os.fsencode(os.path.realpath(policy.root)),
         "mounts": root_ops(plan),
