@@ -104,8 +104,7 @@ def test_the_old_root_is_unreachable(host: dict[str, Path]) -> None:
         host_root = next(line for line in f if line.split()[4] == "/")
     host_source = host_root.split(" - ")[1].split()[1]
     assert not any(
-        line.split(" - ")[1].split()[1] == host_source and line.split()[3] == "/"
-        for line in lines
+        line.split(" - ")[1].split()[1] == host_source and line.split()[3] == "/" for line in lines
     ), "the host's root filesystem is still mounted whole"
 
 

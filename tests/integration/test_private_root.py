@@ -184,7 +184,9 @@ def test_toml_entries_are_made_inside_the_root() -> None:
     assert v["fifo_io"]["value"] == "through"
     assert v["tmp"]["errno"] == 0
     assert set(v["root_list"]["value"]) == (
-        on_host([p for p in SYSTEM if p != "/etc"]) | SKELETON | {"work", "etc", "run", "sbin2", "tmp"}
+        on_host([p for p in SYSTEM if p != "/etc"])
+        | SKELETON
+        | {"work", "etc", "run", "sbin2", "tmp"}
     )
 
 
@@ -195,7 +197,11 @@ def test_toml_entries_are_made_inside_the_root() -> None:
         ('root = "tmpfs"\nmkdir = ["a"]', "mkdir", "relative"),
         ('root = "tmpfs"\nmkfile = ["/a/../b"]', "mkfile", ".."),
         ('root = "tmpfs"\nread = ["/usr"]\nmkfile = ["/usr/x"]', "mkfile", "inside /usr"),
-        ('root = "tmpfs"\nread = ["/usr"]\nlink = [["/usr/bin/env", "/env"]]', "link", "one filesystem"),
+        (
+            'root = "tmpfs"\nread = ["/usr"]\nlink = [["/usr/bin/env", "/env"]]',
+            "link",
+            "one filesystem",
+        ),
         ('root = "tmpfs"\nsymlink = ["/usr"]', "symlink", "[TARGET, PATH]"),
         ('root = "tmpfs"\nmkdir = ["/"]', "mkdir", "root itself"),
     ],

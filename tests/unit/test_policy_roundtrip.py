@@ -134,9 +134,11 @@ path_component = st.text(
 )
 abs_paths = st.lists(path_component, min_size=0, max_size=3).map(lambda cs: "/" + "/".join(cs))
 #: Where something is mounted or made: no ".." (refused there), not the root.
-dest_paths = st.lists(path_component.filter(lambda c: c != ".."), min_size=1, max_size=3).map(
-    lambda cs: "/" + "/".join(cs)
-).filter(lambda p: p.strip("/.") != "")
+dest_paths = (
+    st.lists(path_component.filter(lambda c: c != ".."), min_size=1, max_size=3)
+    .map(lambda cs: "/" + "/".join(cs))
+    .filter(lambda p: p.strip("/.") != "")
+)
 limits = st.builds(
     lambda name, a, b: Rlimit(name, *sorted((a, b), key=lambda v: (v is None, v or 0))),
     st.sampled_from(RLIMIT_NAMES),

@@ -517,9 +517,10 @@ class ChildSetup:
         c_long = ctypes.c_long
         # Popen has entered the requested directory: keep it if the new
         # root has it too.
-        have_cwd = self._root_cwd is None and self._syscall(
-            c_long(SYS_getcwd), self._cwd_buf, c_long(ctypes.sizeof(self._cwd_buf))
-        ) > 0
+        have_cwd = False
+        if self._root_cwd is None:
+            size = c_long(ctypes.sizeof(self._cwd_buf))
+            have_cwd = self._syscall(c_long(SYS_getcwd), self._cwd_buf, size) > 0
         for index, (source, _target, flags, _parents, _name) in enumerate(self._mounts):
             if flags >> 8 == K_MOUNT:
                 self._trees[index] = self._make_tree(index, source, flags)
@@ -531,7 +532,8 @@ class ChildSetup:
             self._root_op(index, op)
         if not self._root:
             self._sys(STEP_ROOT, SYS_mount_setattr, c_long(root), b"", c_long(AT_EMPTY_PATH),
-                      ctypes.byref(self._root_ro_attr), c_long(ctypes.sizeof(_MountAttr)))  # fmt: skip
+                      ctypes.byref(self._root_ro_attr),
+                      c_long(ctypes.sizeof(_MountAttr)))  # fmt: skip
         self._sys(STEP_PIVOT, SYS_fchdir, c_long(root))
         self._sys(STEP_PIVOT, SYS_pivot_root, b".", b".")
         self._sys(STEP_PIVOT, SYS_umount2, b".", c_long(MNT_DETACH))
@@ -540,12 +542,14 @@ class ChildSetup:
         self._root_fd = -1
         if self._root_cwd is not None:
             fd = self._sys(STEP_ROOT_CWD, SYS_openat2, c_long(AT_FDCWD), self._root_cwd,
-                           ctypes.byref(self._dir_how), c_long(ctypes.sizeof(_OpenHow)))  # fmt: skip
+                           ctypes.byref(self._dir_how),
+                           c_long(ctypes.sizeof(_OpenHow)))  # fmt: skip
             self._sys(STEP_ROOT_CWD, SYS_fchdir, c_long(fd))
             self._syscall(c_long(SYS_close), c_long(fd))
         elif have_cwd:
             fd = self._syscall(c_long(SYS_openat2), c_long(AT_FDCWD), self._cwd_buf,
-                               ctypes.byref(self._dir_how), c_long(ctypes.sizeof(_OpenHow)))  # fmt: skip
+                               ctypes.byref(self._dir_how),
+                               c_long(ctypes.sizeof(_OpenHow)))  # fmt: skip
             if fd >= 0:
                 self._syscall(c_long(SYS_fchdir), c_long(fd))
                 self._syscall(c_long(SYS_close), c_long(fd))
@@ -602,7 +606,8 @@ class ChildSetup:
         step = STEP_ROOT
         if self._root:
             src = self._sys(step, SYS_openat2, c_long(AT_FDCWD), self._root,
-                            ctypes.byref(self._dir_how), c_long(ctypes.sizeof(_OpenHow)))  # fmt: skip
+                            ctypes.byref(self._dir_how),
+                            c_long(ctypes.sizeof(_OpenHow)))  # fmt: skip
             root = self._sys(step, SYS_open_tree, c_long(src), b"",
                              c_long(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE
                                     | AT_EMPTY_PATH))  # fmt: skip
@@ -641,6 +646,13 @@ class ChildSetup:
                          ctypes.byref(self._open_how), ctypes.c_long(ctypes.sizeof(_OpenHow)),
                          index=index)  # fmt: skip
 
+    def _make_dir(self, step: int, index: int, dirfd: int, name: bytes) -> None:
+        c_long = ctypes.c_long
+        if self._syscall(c_long(SYS_mkdirat), c_long(dirfd), name, c_long(0o755)) == -1:
+            err = self._get_errno()
+            if err != EEXIST:
+                self._fail(step, err, index)
+
     def _make_file(self, step: int, index: int, dirfd: int, name: bytes, exist_ok: bool) -> None:
         c_long = ctypes.c_long
         fd = self._syscall(c_long(SYS_openat), c_long(dirfd), name,
@@ -662,10 +674,8 @@ class ChildSetup:
         if kind == K_MOUNT:
             if create and flags & OP_FILE:
                 self._make_file(step, index, d, name, True)
-            elif create and self._syscall(c_long(SYS_mkdirat), c_long(d), name,
-                                          c_long(0o755)) == -1:  # fmt: skip
-                if self._get_errno() != EEXIST:
-                    self._fail(step, self._get_errno(), index)
+            elif create:
+                self._make_dir(step, index, d, name)
             target = self._open_in(step, index, d, name)
             tree = self._trees[index]
             self._sys(step, SYS_move_mount, c_long(tree), b"", c_long(target), b"",
@@ -675,9 +685,7 @@ class ChildSetup:
             self._syscall(c_long(SYS_close), c_long(target))
             self._trees[index] = -1
         elif kind == K_MKDIR:
-            if self._syscall(c_long(SYS_mkdirat), c_long(d), name, c_long(0o755)) == -1:
-                if self._get_errno() != EEXIST:
-                    self._fail(step, self._get_errno(), index)
+            self._make_dir(step, index, d, name)
             # What exists already must be a directory, not a link to one.
             fd = self._sys(step, SYS_openat2, c_long(d), name, ctypes.byref(self._dir_how),
                            c_long(ctypes.sizeof(_OpenHow)), index=index)  # fmt: skip

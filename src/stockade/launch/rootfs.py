@@ -108,9 +108,7 @@ def root_ops(plan: EnforcementPlan) -> tuple[Op, ...]:
         ops.extend(_op(b"", p, OP_RW_RULE, K_MKFIFO) for p in policy.mkfifo)
         ops.extend(_op(os.fsencode(t), p, 0, K_SYMLINK) for t, p in policy.symlink)
         # A hard link's source is reached from the root fd: relative.
-        ops.extend(
-            _op(os.fsencode(t.lstrip("/")), p, OP_READ_RULE, K_LINK) for t, p in policy.link
-        )
+        ops.extend(_op(os.fsencode(t.lstrip("/")), p, OP_READ_RULE, K_LINK) for t, p in policy.link)
     # (destination, source or None for a tmpfs, flags, ops made right after it)
     mounts: list[tuple[str, str | None, int, list[Op]]] = []
     if tmpfs_root or _has_dev(policy.root):
@@ -124,14 +122,16 @@ def root_ops(plan: EnforcementPlan) -> tuple[Op, ...]:
                 is_char = False
             if is_char:  # a host without it (some containers) goes without
                 mounts.append((node, node, OP_DEV | OP_FILE, []))
-        mounts.append(("/dev/shm", None, OP_RW_RULE, []))
+        mounts.append(("/dev/shm", None, OP_RW_RULE, []))  # noqa: S108 - a fresh tmpfs, mounted
     for bind in (*plan.root_binds, *policy.binds):
         try:
             st = os.stat(bind.src)
         except FileNotFoundError:
             if bind in plan.root_binds:
                 continue  # a rule on a path this host lacks allows nothing
-            raise PolicyError(f"{bind.src}: no such file or directory", "policy", f"--bind {bind}")
+            raise PolicyError(
+                f"{bind.src}: no such file or directory", "policy", f"--bind {bind}"
+            ) from None
         except OSError as err:
             raise PolicyError(f"{bind.src}: {err.strerror}", "policy", f"--bind {bind}") from None
         flags = (OP_RO if bind.readonly else 0) | (0 if stat.S_ISDIR(st.st_mode) else OP_FILE)

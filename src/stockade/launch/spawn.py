@@ -24,6 +24,7 @@ from stockade.launch.child import ChildSetup, decode_record, failed_target, read
 from stockade.launch.options import bounding_to_drop, child_options
 from stockade.launch.reaper import kill_tree
 from stockade.plan import EnforcementPlan
+from stockade.plan.landlock import PathGrant
 
 
 class Prepared:
@@ -78,7 +79,7 @@ def build_ruleset(plan: EnforcementPlan, tmpdir: str | None) -> int:
     try:
         grants = list(lp.grants)
         if tmpdir is not None and lp.handled_fs:
-            from stockade.plan.landlock import CATEGORY_RIGHTS, PathGrant
+            from stockade.plan.landlock import CATEGORY_RIGHTS
 
             rights = landlock.AccessFs(0)
             for right in CATEGORY_RIGHTS.values():
@@ -109,7 +110,7 @@ def build_ruleset(plan: EnforcementPlan, tmpdir: str | None) -> int:
     return fd
 
 
-def _add_grants(fd: int, grants: list[Any], root_fd: int) -> None:
+def _add_grants(fd: int, grants: list[PathGrant], root_fd: int) -> None:
     for grant in grants:
         try:
             if grant.in_root:

@@ -57,7 +57,7 @@ _WRITING = (
 
 def beneath(path: str, top: str) -> bool:
     """Whether *path* is *top* or inside it (both normalised, absolute)."""
-    return path == top or top == "/" or path.startswith(top + "/")
+    return top in (path, "/") or path.startswith(top + "/")
 
 
 def root_binds(policy: Policy, grants: tuple[PathGrant, ...]) -> tuple[Bind, ...]:
@@ -136,7 +136,7 @@ def check_root(policy: Policy, binds: tuple[Bind, ...]) -> None:
                         "policy",
                         key,
                     )
-    for target, path in policy.link:
+    for target, _path in policy.link:
         for top in mounted:
             if beneath(target, top):
                 raise PolicyError(
