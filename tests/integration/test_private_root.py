@@ -263,3 +263,38 @@ def test_a_failing_mount_is_named_in_one_line() -> None:
     assert "\n" not in text
     assert "/usr/no-such-point" in text and "ENOENT" in text
     assert info.value.errno == errno.ENOENT
+
+
+def test_masks_apply_inside_a_tmpfs_root() -> None:
+    res, v = run_probe(
+        """
+        attempt("shadow", lambda: open("/etc/shadow").read())
+        attempt("passwd", lambda: len(open("/etc/passwd").read()) > 0)
+        """,
+        root="tmpfs",
+        deny=["/etc/shadow"],
+    )
+    assert res.returncode == 0, res.stderr
+    assert v["shadow"]["errno"] == errno.EACCES
+    assert v["passwd"]["value"] is True
+
+
+def test_masks_apply_inside_a_root_directory(workdir: Path) -> None:
+    root = workdir / "root"
+    for d in ("usr", "lib", "lib64", "bin", "etc"):
+        (root / d).mkdir(parents=True)
+    (root / "etc" / "secret").write_text("hidden\n")
+    (root / "etc" / "public").write_text("shown\n")
+    binds = [f"{p}:{p}:ro" for p in ("/usr", "/lib", "/lib64", "/bin") if os.path.isdir(p)]
+    # -r /etc is DIR/etc here (the host's /etc only has to exist for the API).
+    sb = stockade.Sandbox(root=str(root), binds=binds, read=["/etc"], deny=["/etc/secret"])
+    body = """
+        attempt("secret", lambda: open("/etc/secret").read())
+        attempt("public", lambda: open("/etc/public").read())
+    """
+    res = sb.run([PROBE_PY, "-c", probe_code(body)], capture=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    v = verdicts(res.stdout)
+    assert v["secret"]["errno"] == errno.EACCES
+    assert v["public"]["value"] == "shown\n"
+    assert (root / "etc" / "secret").read_text() == "hidden\n"

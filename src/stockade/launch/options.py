@@ -96,10 +96,14 @@ def resolve_masks(plan: EnforcementPlan) -> tuple[tuple[bytes, bool], ...]:
     writable = [
         g.path for g in plan.landlock.grants if g.rights & (AccessFs.MAKE_REG | AccessFs.MAKE_DIR)
     ]
+    root = plan.policy.root
+    inside = root if root is not None and root != "tmpfs" else None
     for path in plan.landlock.masks:
-        real = os.path.realpath(path)
+        # Under root = DIR the path is DIR's, taken as written: the child
+        # refuses any symlink on the way (ELOOP).
+        real = path if inside else os.path.realpath(path)
         try:
-            st = os.stat(real)
+            st = os.lstat(os.path.join(inside, path.lstrip("/"))) if inside else os.stat(real)
         except FileNotFoundError:
             if any(real == w or real.startswith(w.rstrip("/") + "/") for w in writable):
                 raise PolicyError(
