@@ -102,12 +102,18 @@ def test_minimal_dev() -> None:
         attempt("shm", lambda: open("/dev/shm/seg", "w").write("s"))
         attempt("mknod", lambda: os.mknod("/dev/shm/n", 0o600 | 0o020000, os.makedev(1, 3)))
         attempt("create_in_dev", lambda: open("/dev/new", "w"))
+        def pty():
+            m, s = os.openpty()
+            os.write(s, b"hi\\n")
+            return [os.ttyname(s), os.read(m, 10).decode()]
+        attempt("pty", pty)
         """,
         root="tmpfs",
     )
     assert res.returncode == 0, res.stderr
     assert set(v["dev"]["value"]) >= {
-        "null", "zero", "full", "random", "urandom", "shm", "fd", "stdin", "stdout", "stderr"
+        "null", "zero", "full", "random", "urandom", "shm", "fd", "stdin", "stdout", "stderr",
+        "pts", "ptmx",
     }  # fmt: skip
     assert v["urandom"]["value"] == 1 and v["random"]["value"] == 1
     assert v["zero"]["value"] == 4
@@ -118,6 +124,8 @@ def test_minimal_dev() -> None:
     assert v["shm"]["errno"] == 0
     assert v["mknod"]["errno"] in (errno.EPERM, errno.EACCES)
     assert v["create_in_dev"]["errno"] == errno.EACCES
+    # A private devpts instance: its own ptys, numbered from 0.
+    assert v["pty"]["value"] == ["/dev/pts/0", "hi\r\n"]
 
 
 def test_dev_nodes_work_for_a_shell() -> None:

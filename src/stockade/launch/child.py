@@ -169,6 +169,7 @@ SYS_mknodat = 259
 SYS_symlinkat = 266
 SYS_linkat = 265
 MNT_DETACH = 2
+FSCONFIG_SET_FLAG = 0
 FSCONFIG_SET_STRING = 1
 MOVE_MOUNT_F_EMPTY_PATH_ONLY = 0x4
 RESOLVE_NO_MAGICLINKS = 0x02
@@ -187,6 +188,7 @@ OP_DEV = 0x8
 OP_RW_RULE = 0x10
 OP_LIST_RULE = 0x20
 OP_READ_RULE = 0x40
+OP_DEVPTS = 0x80
 K_MOUNT = 0
 K_MKDIR = 1
 K_MKFILE = 2
@@ -286,7 +288,7 @@ class ChildSetup:
         tmpfs_rights: int = 0,
         root: bytes | None = None,
         root_cwd: bytes | None = None,
-        root_rights: tuple[int, int, int] = (0, 0, 0),
+        root_rights: tuple[int, ...] = (0, 0, 0, 0),
         landlock_fd: int | None = None,
         seccomp_filter: PreparedFilter | None = None,
     ) -> None:
@@ -351,6 +353,7 @@ class ChildSetup:
         self._list_rule = PathBeneathAttr(root_rights[0], -1)
         self._read_rule = PathBeneathAttr(root_rights[1], -1)
         self._fifo_rule = PathBeneathAttr(root_rights[2], -1)
+        self._pts_rule = PathBeneathAttr(root_rights[3], -1)
         self._dev_attr = _MountAttr(MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, 0, 0, 0)
         self._root_attr = _MountAttr(MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, 0, 0)
         self._root_ro_attr = _MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
@@ -566,6 +569,28 @@ class ChildSetup:
         self._syscall(c_long(SYS_close), c_long(fs))
         return tree
 
+    def _new_devpts(self) -> int:
+        """A private devpts instance (ptys of the sandbox's own), or -1 where
+        the kernel refuses one: ptys are a convenience, not a boundary."""
+        c_long, call = ctypes.c_long, self._syscall
+        fs = call(c_long(SYS_fsopen), b"devpts", c_long(FSOPEN_CLOEXEC))
+        if fs < 0:
+            return -1
+        tree = -1
+        if (
+            call(c_long(SYS_fsconfig), c_long(fs), c_long(FSCONFIG_SET_FLAG), b"newinstance",
+                 None, c_long(0)) == 0
+            and call(c_long(SYS_fsconfig), c_long(fs), c_long(FSCONFIG_SET_STRING), b"ptmxmode",
+                     b"0666", c_long(0)) == 0
+            and call(c_long(SYS_fsconfig), c_long(fs), c_long(FSCONFIG_SET_STRING), b"mode",
+                     b"0620", c_long(0)) == 0
+            and call(c_long(SYS_fsconfig), c_long(fs), c_long(FSCONFIG_CMD_CREATE), None, None,
+                     c_long(0)) == 0
+        ):  # fmt: skip
+            tree = call(c_long(SYS_fsmount), c_long(fs), c_long(FSMOUNT_CLOEXEC), c_long(0))
+        call(c_long(SYS_close), c_long(fs))
+        return tree
+
     def _add_rule(self, step: int, rule: PathBeneathAttr, fd: int, index: int) -> None:
         """Add a Landlock rule on *fd*: what exists only inside the sandbox
         (a tmpfs, a file made there) has no host path the parent could open."""
@@ -590,6 +615,12 @@ class ChildSetup:
                 else self._bind_ro_attr if flags & OP_RO
                 else self._bind_attr
             )  # fmt: skip
+        elif flags & OP_DEVPTS:
+            tree = self._new_devpts()
+            if tree < 0:
+                return -1
+            attr = self._dev_attr
+            self._add_rule(step, self._pts_rule, tree, index)
         else:
             tree = self._new_tmpfs(step, index)
             attr = self._bind_attr
@@ -671,7 +702,9 @@ class ChildSetup:
         create = flags & OP_CREATE if kind == K_MOUNT else 1
         d = self._walk(step, index, parents, create)
         rule = self._fifo_rule if flags & OP_RW_RULE else self._read_rule
-        if kind == K_MOUNT:
+        if kind == K_MOUNT and self._trees[index] < 0:
+            pass  # an optional mount the kernel refused (devpts)
+        elif kind == K_MOUNT:
             if create and flags & OP_FILE:
                 self._make_file(step, index, d, name, True)
             elif create:

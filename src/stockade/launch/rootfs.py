@@ -48,6 +48,8 @@ OP_RW_RULE = 0x10
 OP_LIST_RULE = 0x20
 #: Grant reading this file (Landlock).
 OP_READ_RULE = 0x40
+#: A private devpts instance (skipped where the kernel refuses one).
+OP_DEVPTS = 0x80
 
 #: Kinds, in ``flags >> 8``.
 K_MOUNT = 0
@@ -56,6 +58,9 @@ K_MKFILE = 2
 K_MKFIFO = 3
 K_SYMLINK = 4
 K_LINK = 5
+
+#: What a private devpts allows: opening, using and resizing its ptys.
+PTS_RIGHTS = AccessFs.READ_FILE | AccessFs.WRITE_FILE | AccessFs.TRUNCATE | AccessFs.IOCTL_DEV
 
 Op = tuple[bytes, bytes, int, tuple[bytes, ...], bytes]
 
@@ -91,6 +96,7 @@ def root_options(plan: EnforcementPlan) -> dict[str, Any]:
             int(AccessFs.READ_DIR & handled),
             int(AccessFs.READ_FILE & handled),
             int((AccessFs.READ_FILE | AccessFs.WRITE_FILE) & handled),
+            int(PTS_RIGHTS & handled),
         ),
     }
 
@@ -122,6 +128,7 @@ def root_ops(plan: EnforcementPlan) -> tuple[Op, ...]:
                 is_char = False
             if is_char:  # a host without it (some containers) goes without
                 mounts.append((node, node, OP_DEV | OP_FILE, []))
+        mounts.append(("/dev/pts", None, OP_DEVPTS, []))
         mounts.append(("/dev/shm", None, OP_RW_RULE, []))  # noqa: S108 - a fresh tmpfs, mounted
     for bind in (*plan.root_binds, *policy.binds):
         try:

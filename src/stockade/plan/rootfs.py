@@ -43,6 +43,7 @@ DEV_LINKS: tuple[tuple[str, str], ...] = (
     ("stdin", "/proc/self/fd/0"),
     ("stdout", "/proc/self/fd/1"),
     ("stderr", "/proc/self/fd/2"),
+    ("ptmx", "pts/ptmx"),
 )
 
 #: Trees a tmpfs root never takes from the host.
