@@ -99,7 +99,8 @@ class Sandbox:
 
     Build it from keyword arguments (SPEC section 3; each has the name of
     a ``stockade run`` option, with ``binds``/``tmpfs`` lists for
-    ``--bind``/``--tmpfs``) or a ready :class:`Policy`.  Invalid arguments
+    ``--bind``/``--tmpfs`` and ``root="tmpfs"`` or a directory for
+    ``--root``) or a ready :class:`Policy`.  Invalid arguments
     raise :class:`stockade.PolicyError` before anything runs; a policy this
     kernel cannot enforce raises :class:`stockade.UnsupportedError` at the
     first run.  :meth:`run` and :meth:`popen` may be called from many
