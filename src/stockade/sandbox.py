@@ -167,7 +167,7 @@ class Sandbox:
                 b.profile(profile)
             for kind, paths in (("read", read), ("write", write), ("exec", exec)):
                 for path in paths:
-                    text = _existing(os.fspath(path), kind)
+                    text = _existing(os.fspath(path), kind, root)
                     getattr(b, kind)(text)
             for path in deny:
                 b.deny(os.fspath(path))
@@ -331,8 +331,12 @@ class Sandbox:
         )
 
 
-def _existing(path: str, kind: str) -> str:
-    if os.path.isabs(path) and not os.path.lexists(path):
+def _existing(path: str, kind: str, root: str | os.PathLike[str] | None = None) -> str:
+    # Under root=DIR the path names DIR's.
+    seen = path
+    if root is not None and os.fspath(root) != "tmpfs":
+        seen = os.path.join(os.fspath(root), path.lstrip("/"))
+    if os.path.isabs(path) and not os.path.lexists(seen):
         raise PolicyError(f"{path}: no such file or directory", "Sandbox", kind)
     return path
 

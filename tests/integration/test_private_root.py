@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import stockade
-from conftest import PROBE_PY, SYSTEM, probe_code, run_probe, verdicts
+from conftest import PROBE_PY, SYSTEM, probe_code, run_probe, stockade_cli, verdicts
 from stockade.policy.tomlfile import loads_toml
 
 #: What a tmpfs root holds besides the binds.
@@ -306,3 +306,31 @@ def test_masks_apply_inside_a_root_directory(workdir: Path) -> None:
     assert v["secret"]["errno"] == errno.EACCES
     assert v["public"]["value"] == "shown\n"
     assert (root / "etc" / "secret").read_text() == "hidden\n"
+
+
+def test_cli_root_directory_rules_name_paths_inside_it(workdir: Path) -> None:
+    root = workdir / "root"
+    for d in ("usr", "lib", "lib64", "bin", "data"):
+        (root / d).mkdir(parents=True)
+    (root / "data" / "f").write_text("inside\n")
+    binds = [a for p in ("/usr", "/lib", "/lib64", "/bin") if os.path.isdir(p)
+             for a in ("--bind", f"{p}:{p}:ro")]  # fmt: skip
+    proc = stockade_cli("run", "--root", str(root), *binds, "-r", "/data", "--cwd", "/data",
+                        "--", "/bin/sh", "-c", "cat f; pwd")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "inside\n/data\n"
+    proc = stockade_cli("run", "--root", str(root), "-r", "/no-such", "--", "/bin/true")
+    assert proc.returncode == 125
+    assert proc.stderr.count("\n") == 1 and "/no-such" in proc.stderr
+
+
+def test_cli_tmpfs_root_runs_a_shell_on_what_it_binds(workdir: Path) -> None:
+    (workdir / "note").write_text("from the host\n")
+    read = [a for p in SYSTEM if os.path.exists(p) for a in ("-r", p)]
+    proc = stockade_cli("run", "--root", "tmpfs", *read, "-w", str(workdir), "--", "/bin/sh",
+                        "-c", "ls /; cat note; echo out > made", cwd=workdir)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    listed = set(proc.stdout.splitlines()[:-1])
+    assert listed == on_host(SYSTEM) | SKELETON | {workdir.parts[1]}
+    assert proc.stdout.splitlines()[-1] == "from the host"
+    assert (workdir / "made").read_text() == "out\n"

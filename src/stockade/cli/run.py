@@ -37,9 +37,14 @@ def build_policy(args: argparse.Namespace) -> Any:
 
     cwd = os.getcwd()
     b = PolicyBuilder("stockade run", relative_base=cwd)
+    # Under --root DIR, -r /usr names DIR/usr.
+    root = getattr(args, "root", None)
+    inside = root if root not in (None, "tmpfs") else None
     for kind, value in getattr(args, "access", None) or []:
         if kind in ("read", "write", "exec"):
             path = os.path.join(cwd, value)
+            if inside is not None:
+                path = os.path.join(cwd, inside, path.lstrip("/"))
             if not os.path.lexists(path):
                 raise PolicyError(f"{value}: no such file or directory", f"--{kind}")
             getattr(b, kind)(value)
