@@ -264,3 +264,37 @@ def test_dev_grants_no_more_than_the_nodes() -> None:
     v = verdicts(res.stdout)
     for name in ("mknod_dev", "symlink_dev", "unlink_null", "write_tty_dir"):
         assert v[name]["errno"] == errno.EACCES, name
+
+
+def test_pathname_socket_outside_the_binds_is_out_of_reach(workdir: Path) -> None:
+    """What Landlock cannot stop (connect() to a pathname UNIX socket, see
+    test_signals.py), a private root does: the socket has no path inside."""
+    import socket
+
+    allowed = workdir / "allowed"
+    allowed.mkdir()
+    allowed.chmod(0o777)
+    outside = workdir / "host.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        server.bind(str(outside))
+        server.listen()
+        res, v = run_probe(
+            f"""
+            A, OUTSIDE = {str(allowed)!r}, {str(outside)!r}
+            own = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            own.bind(A + "/inside.sock")
+            own.listen()
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            attempt("control", lambda: c.connect(A + "/inside.sock"))
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            attempt("connect", lambda: s.connect(OUTSIDE))
+            """,
+            root="tmpfs",
+            write=[str(allowed)],
+        )
+        assert res.returncode == 0, res.stderr
+        assert v["control"]["errno"] == 0
+        assert v["connect"]["errno"] == errno.ENOENT
+    finally:
+        server.close()
