@@ -237,6 +237,8 @@ class Sandbox:
         env.update(p.env)
         if tmpdir is not None:
             env["TMPDIR"] = tmpdir
+        elif p.private_tmp and p.root is not None:
+            env["TMPDIR"] = "/tmp"  # noqa: S108 - the private root's own tmpfs
         return env
 
     def popen(self, args: Sequence[str], **kwargs: Any) -> Any:

@@ -334,3 +334,24 @@ def test_cli_tmpfs_root_runs_a_shell_on_what_it_binds(workdir: Path) -> None:
     assert listed == on_host(SYSTEM) | SKELETON | {workdir.parts[1]}
     assert proc.stdout.splitlines()[-1] == "from the host"
     assert (workdir / "made").read_text() == "out\n"
+
+
+def test_default_profile_under_a_tmpfs_root(workdir: Path) -> None:
+    # The profile's private temporary directory becomes a tmpfs at /tmp;
+    # the host's /tmp (where workdir lives) is not there.
+    res = stockade.Sandbox(root="tmpfs", profile="default").run(
+        [PROBE_PY, "-c", probe_code("""
+            attempt("tmpdir", lambda: os.environ.get("TMPDIR"))
+            attempt("tmp", lambda: os.listdir("/tmp"))
+            attempt("write", lambda: open("/tmp/x", "w").write("x"))
+            attempt("host", lambda: os.listdir(W))
+        """.replace("W", repr(str(workdir))))],
+        capture=True,
+        timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    v = verdicts(res.stdout)
+    assert v["tmpdir"]["value"] == "/tmp"
+    assert v["tmp"]["value"] == []
+    assert v["write"]["errno"] == 0
+    assert v["host"]["errno"] == errno.ENOENT

@@ -86,7 +86,7 @@ def test_rules_under_a_root_directory_name_its_paths() -> None:
         ({"root": "tmpfs", "mkfifo": "/dev/x"}, "inside /dev"),
         ({"root": "tmpfs", "link": [("/usr/bin/env", "/env")]}, "one filesystem"),
         ({"root": "tmpfs", "bind": "/srv:/"}, "hides it"),
-        ({"root": "tmpfs", "private_tmp": True}, "--tmpfs /tmp"),
+        ({"root": "tmpfs", "private_tmp": True, "mkdir": "/tmp/x"}, "inside /tmp"),
     ],
 )
 def test_what_a_root_cannot_do_is_refused(options: dict[str, object], needle: str) -> None:

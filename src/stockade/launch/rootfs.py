@@ -144,6 +144,10 @@ def root_ops(plan: EnforcementPlan) -> tuple[Op, ...]:
         flags = (OP_RO if bind.readonly else 0) | (0 if stat.S_ISDIR(st.st_mode) else OP_FILE)
         mounts.append((bind.dst, os.path.realpath(bind.src), flags, []))
     mounts.extend((dst, None, OP_RW_RULE, []) for dst in policy.tmpfs)
+    if policy.private_tmp:
+        # The private temporary directory of the default profile: a tmpfs
+        # is private, empty, writable, and gone with the sandbox.
+        mounts.append(("/tmp", None, OP_RW_RULE, []))  # noqa: S108 - a fresh tmpfs
     mounts.sort(key=lambda m: m[0].count("/") - (m[0] == "/"))
     placed: list[tuple[str, bool]] = []  # (destination, is one of our tmpfs)
     for dst, src, flags, after in mounts:

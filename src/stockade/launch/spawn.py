@@ -36,7 +36,8 @@ class Prepared:
         self.tmpdir: str | None = None
         self.cgroup: cgroup.PidsCgroup | None = None
         try:
-            if plan.policy.private_tmp:
+            # Under a private root the private tmp is a tmpfs at /tmp instead.
+            if plan.policy.private_tmp and plan.policy.root is None:
                 import tempfile  # imported here: it costs the command line's start-up
 
                 self.tmpdir = tempfile.mkdtemp(prefix="stockade-tmp-")

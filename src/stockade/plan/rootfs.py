@@ -113,13 +113,9 @@ def check_root(policy: Policy, binds: tuple[Bind, ...]) -> None:
         )
     if policy.root is None:
         return
-    if policy.private_tmp:
-        raise PolicyError(
-            "a private /tmp is not available under a private root yet; use --tmpfs /tmp",
-            "policy",
-            "private_tmp",
-        )
     mounted = [b.dst for b in (*binds, *policy.binds)] + list(policy.tmpfs) + ["/dev"]
+    if policy.private_tmp:
+        mounted.append("/tmp")  # noqa: S108 - the private root's own tmpfs
     for bind in policy.binds:
         if bind.dst == "/":
             raise PolicyError(
