@@ -112,6 +112,7 @@ REFUSED = [
     pytest.param(["--root", "{workdir}/no-such-root"], id="missing root directory"),
     pytest.param(["--root", "tmpfs", "--bind", "/usr:usr"], id="relative destination"),
     pytest.param(["--root", "tmpfs", "--tmpfs", "/a/../b"], id="destination with .."),
+    pytest.param(["--root", "tmpfs", "--cwd", "/usr/no-such-dir"], id="cwd missing in the root"),
     pytest.param(["--bind", "/usr:/no/such/mount/point"], id="bind to a missing point"),
     pytest.param(["--tmpfs", "/etc/passwd"], id="tmpfs over a file"),
     pytest.param(["--hostname", "h" * 70], id="hostname too long"),

@@ -88,6 +88,8 @@ def root_options(plan: EnforcementPlan) -> dict[str, Any]:
             raise PolicyError(f"{policy.root}: {err.strerror}", "policy", "root") from None
         if not is_dir:
             raise PolicyError(f"{policy.root} is not a directory", "policy", "root")
+    if policy.cwd is not None:
+        _check_cwd(plan, policy.cwd)
     return {
         "root": b"" if policy.root == "tmpfs" else os.fsencode(os.path.realpath(policy.root)),
         "mounts": root_ops(plan),
@@ -161,6 +163,29 @@ def root_ops(plan: EnforcementPlan) -> tuple[Op, ...]:
         ops.extend(after)
         placed.append((dst, src is None))
     return tuple(ops)
+
+
+def _check_cwd(plan: EnforcementPlan, cwd: str) -> None:
+    """Refuse a working directory the private root will not have, by name
+    (the child would fail too, but could not say which directory)."""
+    policy = plan.policy
+    found = False
+    if policy.root != "tmpfs":
+        found = os.path.isdir(os.path.join(os.path.realpath(policy.root or "/"), cwd.lstrip("/")))
+    else:
+        binds = (*plan.root_binds, *policy.binds)
+        made = ["/", "/proc", "/dev", *policy.mkdir, *policy.tmpfs, *(b.dst for b in binds)]
+        if policy.private_tmp:
+            made.append("/tmp")  # noqa: S108 - the private root's own tmpfs
+        # The directory is made (or is the parent of something made) ...
+        found = any(beneath(path, cwd) for path in made)
+        # ... or lies in a bind whose source has it.
+        found = found or any(
+            beneath(cwd, b.dst) and os.path.isdir(os.path.join(b.src, os.path.relpath(cwd, b.dst)))
+            for b in binds
+        )
+    if not found:
+        raise PolicyError(f"{cwd} does not exist inside the private root", "policy", "cwd")
 
 
 def _has_dev(root: str | None) -> bool:
