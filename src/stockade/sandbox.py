@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import selectors
 import subprocess
@@ -112,6 +113,12 @@ class Sandbox:
     every process a run leaves behind is found and ended; ``"fork"`` forks
     from this process, which must then be a child subreaper that kills and
     reaps what is reparented to it.
+
+    ``pty=True`` (``stockade run -i``) runs each command on a new
+    pseudo-terminal: its stdin, stdout and stderr are the terminal, which is
+    also its controlling terminal, so a shell's job control works.
+    :meth:`popen` gives the host side as ``proc.pty``; :meth:`run` types
+    ``input`` into it and returns what the terminal displayed as ``stdout``.
     """
 
     def __init__(
@@ -143,6 +150,7 @@ class Sandbox:
         binds: Iterable[str] = (),
         tmpfs: Iterable[str] = (),
         root: str | os.PathLike[str] | None = None,
+        pty: bool = False,
         on_event: Callable[[Any], Any] | None = None,
         spawner: str = "server",
     ) -> None:
@@ -195,7 +203,8 @@ class Sandbox:
                     b.set(key, value)
             if clean_env:
                 b.set("clean_env", True)
-            for flag, on in (("no_aslr", no_aslr), ("map_root", map_root), ("no_net", no_net)):
+            flags = (("no_aslr", no_aslr), ("map_root", map_root), ("no_net", no_net), ("pty", pty))
+            for flag, on in flags:
                 if on:
                     b.set(flag, True)
             if no_thp:
@@ -241,7 +250,13 @@ class Sandbox:
             env["TMPDIR"] = "/tmp"  # noqa: S108 - the private root's own tmpfs
         return env
 
-    def popen(self, args: Sequence[str], **kwargs: Any) -> Any:
+    def popen(
+        self,
+        args: Sequence[str],
+        *,
+        terminal_size: tuple[int, int] | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Start *args* in the sandbox; returns a ``subprocess.Popen``.
 
         Accepts Popen's keyword arguments except those that would undo the
@@ -249,12 +264,40 @@ class Sandbox:
         The policy's ``cwd`` and environment apply unless given here.
         Raises PolicyError, UnsupportedError, LaunchError, or the OSError
         Popen raises when the command cannot be executed.
+
+        With a ``pty`` policy the command's stdio is a new pseudo-terminal
+        (``stdin``, ``stdout`` and ``stderr`` must not be given) of
+        *terminal_size* ``(columns, lines)``, 80x24 by default; the returned
+        process has ``pty``, an unbuffered binary file on the terminal's
+        master side, which the caller reads, writes and closes.
         """
         for bad in ("preexec_fn", "close_fds", "pass_fds", "user", "group", "extra_groups",
                     "start_new_session", "process_group", "shell", "executable"):  # fmt: skip
             if bad in kwargs:
                 raise PolicyError(f"not supported in a sandbox: {bad}", "popen", bad)
         plan = self.plan
+        master = -1
+        if self.policy.pty:
+            master, slave = _open_terminal(kwargs, terminal_size)
+            kwargs.update(stdin=slave, stdout=slave, stderr=slave)
+        elif terminal_size is not None:
+            raise PolicyError("needs pty=True", "popen", "terminal_size")
+        try:
+            proc = self._popen(args, plan, kwargs)
+        except BaseException:
+            if master >= 0:
+                os.close(master)
+            raise
+        finally:
+            if master >= 0:
+                # Only the command may hold the slave: the master's reader
+                # sees EIO once the sandbox is gone.
+                os.close(kwargs["stdin"])
+        if master >= 0:
+            proc.pty = io.FileIO(master, "r+")
+        return proc
+
+    def _popen(self, args: Sequence[str], plan: EnforcementPlan, kwargs: dict[str, Any]) -> Any:
         prepared = Prepared(plan)
         try:
             env = kwargs.pop("env", None)
@@ -305,6 +348,13 @@ class Sandbox:
         command exits, every process it left behind is killed too.
         """
         limit = timeout if timeout is not None else self.policy.timeout
+        if self.policy.pty:
+            for name, value in (("stdin", stdin), ("stdout", stdout), ("stderr", stderr)):
+                if value is not None:
+                    raise PolicyError(
+                        "the command's stdio is its terminal with pty=True", "run", name
+                    )
+            return self._run_on_terminal(args, input, capture, limit, cwd, env)
         if input is not None:
             stdin = PIPE
         if capture:
@@ -331,6 +381,66 @@ class Sandbox:
             timed_out=proc.timed_out,
             duration=time.monotonic() - start,
         )
+
+    def _run_on_terminal(
+        self,
+        args: Sequence[str],
+        data: bytes | None,
+        capture: bool,
+        limit: float | None,
+        cwd: str | None,
+        env: Mapping[str, str] | None,
+    ) -> Result:
+        from stockade.launch import terminal
+
+        kwargs: dict[str, Any] = {}
+        if cwd is not None:
+            kwargs["cwd"] = cwd
+        if env is not None:
+            kwargs["env"] = dict(env)
+        start = time.monotonic()
+        proc = self.popen(args, **kwargs)
+        chunks: list[bytes] = []
+        sink: terminal.Sink = chunks if capture else 1
+        try:
+            deadline = None if limit is None else start + limit
+            master = proc.pty.fileno()
+            if not terminal.relay(master, proc.exit_fd, source=data or b"", sink=sink,
+                                  deadline=deadline):  # fmt: skip
+                proc.timed_out = True
+            proc.kill_tree()
+            terminal.drain(master, sink)
+        finally:
+            proc.kill_tree()
+            proc.wait()
+            proc.pty.close()
+        return Result(
+            args=list(args),
+            returncode=proc.returncode,
+            stdout=b"".join(chunks) if capture else None,
+            timed_out=proc.timed_out,
+            duration=time.monotonic() - start,
+        )
+
+
+def _open_terminal(kwargs: dict[str, Any], size: tuple[int, int] | None) -> tuple[int, int]:
+    """A new pseudo-terminal pair for a ``pty`` run, its size set."""
+    for name in ("stdin", "stdout", "stderr"):
+        if kwargs.get(name) is not None:
+            raise PolicyError("the command's stdio is its terminal with pty=True", "popen", name)
+    from stockade.kernel import pty
+
+    rows, cols = pty.DEFAULT_WINSIZE[:2]
+    if size is not None:
+        cols, rows = size
+    master, slave = pty.open_pair()
+    try:
+        pty.set_winsize(master, (rows, cols, 0, 0))
+    except BaseException:
+        os.close(master)
+        os.close(slave)
+        raise
+    return master, slave
 
 
 def _existing(path: str, kind: str, root: str | os.PathLike[str] | None = None) -> str:

@@ -117,7 +117,6 @@ REFUSED = [
     pytest.param(["--tmpfs", "/etc/passwd"], id="tmpfs over a file"),
     pytest.param(["--hostname", "h" * 70], id="hostname too long"),
     pytest.param(["--ipc", "{workdir}/ctl.sock"], id="ipc"),
-    pytest.param(["-i"], id="pty"),
     pytest.param(["-r", "{workdir}/no-such-dir"], id="missing -r path"),
     pytest.param(["-m", "12X"], id="bad memory"),
     pytest.param(["--rlimit", "bogus=1"], id="unknown rlimit"),

@@ -196,8 +196,13 @@ def _start_and_wait(
 ) -> int:
     from stockade.errors import LaunchError
 
+    kwargs: dict[str, Any] = {}
+    if policy.pty:
+        from stockade.cli import pty
+
+        kwargs["terminal_size"] = pty.initial_size()
     try:
-        proc = sandbox.popen(argv)
+        proc = sandbox.popen(argv, **kwargs)
     except FileNotFoundError:
         sys.stderr.write(f"stockade: {argv[0]}: command not found\n")
         return EXIT_NOT_FOUND
@@ -208,7 +213,8 @@ def _start_and_wait(
         return fail(str(err))
     log.emit(pid=proc.pid, syscall="execve", category="exec", target=argv[0], argv=argv)
     forwarder.attach(proc)
-    if not proc.exited(policy.timeout):
+    exited = pty.interact(proc, policy.timeout) if policy.pty else proc.exited(policy.timeout)
+    if not exited:
         proc.timed_out = True
     proc.kill_tree()
     code = proc.wait()

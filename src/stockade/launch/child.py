@@ -13,6 +13,10 @@ The order, and why:
 
 1. ``setsid`` - the sandbox gets its own session and process group, so it
    cannot reach our terminal's job control and can be killed as a group.
+   With a pseudo-terminal of its own (``-i``), stdin is the new terminal's
+   slave: ``TIOCSCTTY`` makes it the session's controlling terminal, with
+   the command's group in the foreground.  It must follow ``setsid`` (only
+   a session leader without a terminal may take one).
 2. ``PR_SET_PDEATHSIG(SIGKILL)``, then check that the parent is still the
    one that forked us (it may have died before the prctl).  Optionally
    become a child subreaper (kept across exec), so that what the command
@@ -79,6 +83,7 @@ STEP_ROOT_MAKE = 24
 STEP_ROOT_MOUNT = 25
 STEP_PIVOT = 26
 STEP_ROOT_CWD = 27
+STEP_CTTY = 30
 
 STEP_NAMES = {
     STEP_SETSID: "setsid",
@@ -108,6 +113,7 @@ STEP_NAMES = {
     STEP_ROOT_MOUNT: "mounting in the private root over",
     STEP_PIVOT: "pivot_root into the private root",
     STEP_ROOT_CWD: "entering the working directory (--cwd) inside the private root",
+    STEP_CTTY: "ioctl(TIOCSCTTY): taking the new pseudo-terminal as controlling terminal",
 }
 #: Steps whose index names an entry of ``mounts``.
 _MOUNT_STEPS = (STEP_BIND, STEP_ROOT_SOURCE, STEP_ROOT_MAKE, STEP_ROOT_MOUNT)
@@ -134,6 +140,7 @@ SYS_socket = 41
 SYS_ioctl = 16
 SYS_unshare = 272
 SYS_sethostname = 170
+TIOCSCTTY = 0x540E
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUTS = 0x04000000
@@ -293,6 +300,7 @@ class ChildSetup:
         root: bytes | None = None,
         root_cwd: bytes | None = None,
         root_rights: tuple[int, ...] = (0, 0, 0, 0),
+        controlling_tty: bool = False,
         landlock_fd: int | None = None,
         seccomp_filter: PreparedFilter | None = None,
     ) -> None:
@@ -372,6 +380,7 @@ class ChildSetup:
         if hostname is not None:
             encoded = hostname.encode()
             self._hostname = (ctypes.create_string_buffer(encoded, len(encoded)), len(encoded))
+        self._controlling_tty = controlling_tty
         self._landlock_fd = landlock_fd
         self._filter = seccomp_filter
 
@@ -397,6 +406,8 @@ class ChildSetup:
         """Apply every step, in order.  Child only; never returns on failure."""
         c_long = ctypes.c_long
         self._sys(STEP_SETSID, SYS_setsid)
+        if self._controlling_tty:
+            self._sys(STEP_CTTY, SYS_ioctl, c_long(0), c_long(TIOCSCTTY), c_long(0))
         self._pr(STEP_PDEATHSIG, PR_SET_PDEATHSIG, SIGKILL)
         if self._syscall(c_long(SYS_getppid)) != self._parent_pid:
             self._fail(STEP_PARENT, 3)  # ESRCH

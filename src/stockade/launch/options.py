@@ -45,6 +45,8 @@ def child_options(plan: EnforcementPlan) -> dict[str, Any]:
         "mounts": resolve_mounts(plan) if policy.root is None else (),
         "tmpfs_rights": plan.tmpfs_rights,
         **root_options(plan),
+        # stdin is then the slave of a pseudo-terminal made for this run.
+        "controlling_tty": policy.pty,
     }
 
 

@@ -223,13 +223,8 @@ def _refuse_unimplemented(policy: Policy) -> None:
     """Options whose layer has not landed yet are errors, never ignored."""
     pending = {
         "ipc": policy.ipc is not None,
-        "pty": policy.pty,
     }
     for key, used in pending.items():
         if used:
-            layer = (
-                "the control socket" if key == "ipc"
-                else "pseudo-terminal support" if key == "pty"
-                else "the namespace layer"
-            )  # fmt: skip
+            layer = "the control socket" if key == "ipc" else "the namespace layer"
             raise PolicyError(f"needs {layer}, which this release does not have yet", "policy", key)
