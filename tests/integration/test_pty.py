@@ -110,6 +110,28 @@ class Session:
         os.close(self.slave)
 
 
+def wait_foreground(*argv: str) -> None:
+    """Wait until a process running *argv* is its terminal's foreground
+    group (``pgrp == tpgid`` in its /proc stat), so that a key typed now
+    signals it and not the shell that is starting it."""
+    wanted = ("\0".join(argv) + "\0").encode()
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if f.read() != wanted:
+                        continue
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[2] == fields[5]:  # pgrp, tpgid
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"{argv} never ran in the foreground")
+
+
 @pytest.fixture
 def bash(workdir: Path) -> Iterator[Session]:
     session = Session(["--", BASH, "--norc", "--noprofile", "-i"], workdir)
@@ -155,13 +177,13 @@ def test_job_control_inside(bash: Session) -> None:
     # ^Z stops the foreground job, fg resumes it, ^C interrupts it: the
     # keys reach the sandbox's terminal as bytes, and its line discipline
     # signals the sandbox's foreground group, not stockade.
-    bash.type("sleep 40\n")
-    time.sleep(0.5)
+    bash.type("sleep 47.25\n")
+    wait_foreground("sleep", "47.25")
     bash.type("\x1a")
-    assert bash.expect(r"\[1\]\+\s+(Stopped)\s+sleep 40").group(1) == b"Stopped"
+    assert bash.expect(r"\[1\]\+\s+(Stopped)\s+sleep 47.25").group(1) == b"Stopped"
     bash.type("fg\n")
-    bash.expect(r"sleep 40")
-    time.sleep(0.5)
+    bash.expect(r"sleep 47.25")
+    wait_foreground("sleep", "47.25")
     bash.type("\x03")
     assert bash.run("echo status-$?-$((1))", r"status-(\d+)-1") == b"130"
     assert bash.proc.poll() is None
@@ -170,8 +192,8 @@ def test_job_control_inside(bash: Session) -> None:
 
 
 def test_interrupt_a_foreground_command_keeps_stockade(bash: Session) -> None:
-    bash.type("sleep 30\n")
-    time.sleep(0.5)
+    bash.type("sleep 31.5\n")
+    wait_foreground("sleep", "31.5")
     bash.type("\x03")
     assert bash.run("echo status-$?-$((1))", r"status-(\d+)-1") == b"130"
     assert bash.proc.poll() is None
@@ -338,3 +360,56 @@ def test_winsize_struct_matches_termios() -> None:
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_job_control_without_any_device_rule(workdir: Path) -> None:
+    # Only the system directories: no /dev rule at all.  The terminal
+    # arrives as descriptors opened outside the sandbox, so the shell can
+    # still use every ioctl of its own terminal (TCSETS, TIOCSPGRP...).
+    read = [arg for d in SYSTEM for arg in ("-r", d)]
+    session = Session([*read, "--", BASH, "--norc", "--noprofile", "-i"], workdir, 20, 70)
+    try:
+        assert session.run("echo size=$(stty size)=", r"size=(\d+ \d+)=") == b"20 70"
+        session.run("sleep 33.5 & echo bg-$((2+2))", r"(bg-4)")
+        assert session.run("jobs", r"\[1\]\+\s+(Running)\s+sleep 33.5 &") == b"Running"
+        session.type("fg\n")
+        session.expect(r"sleep 33.5")
+        wait_foreground("sleep", "33.5")
+        session.type("\x03")
+        assert session.run("echo status-$?-$((1))", r"status-(\d+)-1") == b"130"
+        # Opening the terminal by name is the policy's to grant, and it does not.
+        assert session.run("( exec 3</dev/tty )", r"/dev/tty: (.*)\r\n") == b"Permission denied"
+        session.type("exit 5\n")
+        assert session.wait() == 5
+    finally:
+        session.close()
+
+
+def process_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_stop_and_hangup_restore_the_terminal(bash: Session) -> None:
+    before = termios.tcgetattr(bash.slave)
+    raw = termios.tcgetattr(bash.slave)
+    assert not raw[3] & termios.ICANON
+    assert before == raw  # already raw: the fixture's shell is running
+    # Stopped from outside: stockade gives the terminal back before it stops.
+    os.kill(bash.proc.pid, signal.SIGTSTP)
+    deadline = time.monotonic() + WAIT
+    while process_state(bash.proc.pid) != "T" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process_state(bash.proc.pid) == "T"
+    assert termios.tcgetattr(bash.slave)[3] & termios.ICANON
+    os.kill(bash.proc.pid, signal.SIGCONT)
+    # Typed only once stockade has its terminal raw again: keys typed while
+    # it is stopped are the user's terminal's to interpret.
+    while termios.tcgetattr(bash.slave)[3] & termios.ICANON and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert bash.run("echo back-$((5+5))", r"(back-10)") == b"back-10"
+    assert not termios.tcgetattr(bash.slave)[3] & termios.ICANON
+    # A hang-up ends the shell; stockade reports it and restores the mode.
+    os.kill(bash.proc.pid, signal.SIGHUP)
+    assert bash.wait() == 128 + signal.SIGHUP
+    assert termios.tcgetattr(bash.slave)[3] & termios.ICANON
