@@ -276,14 +276,15 @@ class Sandbox:
             if bad in kwargs:
                 raise PolicyError(f"not supported in a sandbox: {bad}", "popen", bad)
         plan = self.plan
-        master = -1
+        master, name = -1, None
         if self.policy.pty:
             master, slave = _open_terminal(kwargs, terminal_size)
             kwargs.update(stdin=slave, stdout=slave, stderr=slave)
+            name = os.ttyname(slave)
         elif terminal_size is not None:
             raise PolicyError("needs pty=True", "popen", "terminal_size")
         try:
-            proc = self._popen(args, plan, kwargs)
+            proc = self._popen(args, plan, kwargs, name)
         except BaseException:
             if master >= 0:
                 os.close(master)
@@ -297,8 +298,14 @@ class Sandbox:
             proc.pty = io.FileIO(master, "r+")
         return proc
 
-    def _popen(self, args: Sequence[str], plan: EnforcementPlan, kwargs: dict[str, Any]) -> Any:
-        prepared = Prepared(plan)
+    def _popen(
+        self,
+        args: Sequence[str],
+        plan: EnforcementPlan,
+        kwargs: dict[str, Any],
+        terminal: str | None,
+    ) -> Any:
+        prepared = Prepared(plan, terminal)
         try:
             env = kwargs.pop("env", None)
             if env is None:

@@ -413,3 +413,29 @@ def test_stop_and_hangup_restore_the_terminal(bash: Session) -> None:
     os.kill(bash.proc.pid, signal.SIGHUP)
     assert bash.wait() == 128 + signal.SIGHUP
     assert termios.tcgetattr(bash.slave)[3] & termios.ICANON
+
+
+OTHER_TERMINAL_PROBE = """
+import errno, os, sys
+def show(key, value):
+    print(f"{key}=<{value}>", flush=True)
+def try_open(path):
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK))
+        return "ok"
+    except OSError as err:
+        return errno.errorcode[err.errno]
+show("host", try_open(sys.argv[1]))
+show("own", try_open(os.ttyname(0)))
+show("devtty", try_open("/dev/tty"))
+"""
+
+
+def test_the_users_terminal_cannot_be_opened_by_name(bash: Session, workdir: Path) -> None:
+    # The default profile allows /dev/pts: for an interactive run that
+    # grant shrinks to the run's own terminal, or the sandbox could open
+    # the user's terminal by name and read the keys typed into it.
+    (workdir / "other.py").write_text(OTHER_TERMINAL_PROBE)
+    bash.type(f"{PROBE_PY} other.py {os.ttyname(bash.slave)}\n")
+    got = {k: bash.expect(rf"{k}=<([^>]*)>").group(1).decode() for k in ("host", "own", "devtty")}
+    assert got == {"host": "EACCES", "own": "ok", "devtty": "ok"}

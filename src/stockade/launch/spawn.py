@@ -30,7 +30,7 @@ from stockade.plan.landlock import PathGrant
 class Prepared:
     """Kernel objects for one sandbox run; :meth:`close` releases them."""
 
-    def __init__(self, plan: EnforcementPlan) -> None:
+    def __init__(self, plan: EnforcementPlan, terminal: str | None = None) -> None:
         self.plan = plan
         self.ruleset_fd = -1
         self.tmpdir: str | None = None
@@ -41,7 +41,7 @@ class Prepared:
                 import tempfile  # imported here: it costs the command line's start-up
 
                 self.tmpdir = tempfile.mkdtemp(prefix="stockade-tmp-")
-            self.ruleset_fd = build_ruleset(plan, self.tmpdir)
+            self.ruleset_fd = build_ruleset(plan, self.tmpdir, terminal)
             self.filter = PreparedFilter(plan.filter_program)
             if plan.pids_cgroup_max is not None:
                 root = cgroup.pids_root()
@@ -67,18 +67,22 @@ class Prepared:
             self.tmpdir = None
 
 
-def build_ruleset(plan: EnforcementPlan, tmpdir: str | None) -> int:
+def build_ruleset(plan: EnforcementPlan, tmpdir: str | None, terminal: str | None = None) -> int:
     """Create the Landlock ruleset fd with every grant of *plan* added.
 
     Grants whose path does not exist are skipped: they allow nothing, and
     profiles name system directories that not every system has.  A grant on
     a directory that is not a tree (``allow/read+/etc``) is refused: Landlock
-    cannot allow a directory without what is beneath it.
+    cannot allow a directory without what is beneath it.  *terminal* is the
+    slave of the run's own pseudo-terminal (``pty``): a grant on the
+    ``/dev/pts`` tree is narrowed to it.
     """
     lp = plan.landlock
     fd = landlock.create_ruleset(lp.handled_fs, lp.handled_net, lp.scoped, lp.abi)
     try:
         grants = list(lp.grants)
+        if terminal is not None:
+            grants = [_own_terminal_only(g, terminal) for g in grants]
         if tmpdir is not None and lp.handled_fs:
             from stockade.plan.landlock import CATEGORY_RIGHTS
 
@@ -142,6 +146,17 @@ def _add_grants(fd: int, grants: list[PathGrant], root_fd: int) -> None:
                 landlock.add_path_rule(fd, rights, pfd, grant.path)
         finally:
             os.close(pfd)
+
+
+def _own_terminal_only(grant: PathGrant, terminal: str) -> PathGrant:
+    """A run on its own terminal needs no other: the ``/dev/pts`` tree
+    would let it open its user's terminal by name and read the keys typed
+    there.  Landlock only adds rights, so the tree becomes the one file."""
+    if grant.tree and grant.path.rstrip("/") == "/dev/pts":
+        from dataclasses import replace
+
+        return replace(grant, path=terminal, tree=False)
+    return grant
 
 
 class SandboxProcess(subprocess.Popen[Any]):
