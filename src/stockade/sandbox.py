@@ -353,6 +353,11 @@ class Sandbox:
         ``timeout`` (default: the policy's) kills the whole process tree
         when it passes; the result then has ``timed_out`` set.  When the
         command exits, every process it left behind is killed too.
+
+        With a ``pty`` policy, ``input`` is typed into the command's
+        terminal and followed by end of file, and ``stdout`` is everything
+        the terminal displayed (``stderr`` is None); without ``capture``
+        that goes to this process's stdout.
         """
         limit = timeout if timeout is not None else self.policy.timeout
         if self.policy.pty:

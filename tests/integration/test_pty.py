@@ -439,3 +439,37 @@ def test_the_users_terminal_cannot_be_opened_by_name(bash: Session, workdir: Pat
     bash.type(f"{PROBE_PY} other.py {os.ttyname(bash.slave)}\n")
     got = {k: bash.expect(rf"{k}=<([^>]*)>").group(1).decode() for k in ("host", "own", "devtty")}
     assert got == {"host": "EACCES", "own": "ok", "devtty": "ok"}
+
+
+def test_a_terminal_that_cannot_be_taken_is_a_launch_error(workdir: Path) -> None:
+    # The public API always supplies a fresh terminal; below it, a pty plan
+    # with /dev/null as stdin makes the kernel refuse TIOCSCTTY for real.
+    from stockade.launch.client import ServerProcess
+    from stockade.launch.spawn import Prepared
+
+    marker = workdir / "marker"
+    sb = stockade.Sandbox(read=SYSTEM, write=[workdir], pty=True)
+    sb.run(["/bin/true"], timeout=WAIT)  # the fork server starts
+    before = set(os.listdir("/proc/self/fd"))
+    prepared = Prepared(sb.plan)
+    try:
+        with pytest.raises(stockade.LaunchError) as caught:
+            ServerProcess(["/bin/sh", "-c", f"touch {marker}"], prepared,
+                          stdin=subprocess.DEVNULL)  # fmt: skip
+    finally:
+        prepared.close()
+    assert caught.value.errno == errno.ENOTTY
+    assert "TIOCSCTTY" in caught.value.step
+    assert not marker.exists()
+    assert set(os.listdir("/proc/self/fd")) == before
+
+
+def test_api_runs_leave_no_descriptor() -> None:
+    sb = stockade.Sandbox(read=SYSTEM, pty=True)
+    sb.run(["/bin/true"], capture=True, timeout=WAIT)  # the fork server starts
+    before = set(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        assert sb.run(["/bin/sh", "-c", "exit 3"], capture=True, timeout=WAIT).returncode == 3
+    res = sb.run(["/bin/sleep", "30"], capture=True, timeout=0.5)
+    assert res.timed_out
+    assert set(os.listdir("/proc/self/fd")) == before
