@@ -253,3 +253,13 @@ def test_a_later_allow_inside_a_mask_is_refused() -> None:
     b = PolicyBuilder("t").profile("none").read("/etc").deny("/etc/ssl").read("/etc/ssl/certs")
     with pytest.raises(PolicyError, match="mount mask"):
         compile_plan(b.build(), facts())
+
+
+def test_pty_is_planned_and_reaches_the_child_options() -> None:
+    from stockade.launch.options import child_options
+
+    plan = compile_plan(policy(*BASIC, pty=True), facts())
+    assert child_options(plan)["controlling_tty"] is True
+    assert child_options(compile_plan(policy(*BASIC), facts()))["controlling_tty"] is False
+    # The filter is the same program: TIOCSTI stays refused on every fd.
+    assert plan.filter_program == compile_plan(policy(*BASIC), facts()).filter_program
