@@ -473,3 +473,15 @@ def test_api_runs_leave_no_descriptor() -> None:
     res = sb.run(["/bin/sleep", "30"], capture=True, timeout=0.5)
     assert res.timed_out
     assert set(os.listdir("/proc/self/fd")) == before
+
+
+def test_closed_stdin_is_end_of_input(workdir: Path) -> None:
+    # With fd 0 closed, the terminal's master may take number 0: stockade
+    # must neither read it as the user's input nor put it in raw mode.
+    env = dict(os.environ, PYTHONPATH=SRC)
+    proc = subprocess.run(
+        ["/bin/sh", "-c", 'exec "$@" <&-', "sh", sys.executable, "-m", "stockade.cli.main",
+         "run", "-i", "--", "/bin/cat"],
+        capture_output=True, cwd=workdir, env=env, timeout=WAIT, check=False,
+    )  # fmt: skip
+    assert (proc.returncode, proc.stderr) == (0, b"")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import termios
 import time
 import tty
@@ -26,10 +27,17 @@ from stockade.kernel import pty
 from stockade.launch import terminal
 
 
+def _open_at_start(fd: int) -> bool:
+    """Whether *fd* (0, 1 or 2) is the descriptor we were started with.
+    Python leaves sys.stdin (stdout, stderr) None when it was closed: the
+    number may since belong to another descriptor (the master, even)."""
+    return (sys.stdin, sys.stdout, sys.stderr)[fd] is not None
+
+
 def user_terminal() -> int | None:
     """The first of stdin, stdout, stderr that is a terminal, if any."""
     for fd in (0, 1, 2):
-        if os.isatty(fd):
+        if _open_at_start(fd) and os.isatty(fd):
             return fd
     return None
 
@@ -51,7 +59,7 @@ class _RawMode:
 
     def __init__(self) -> None:
         self.saved: list[Any] | None = None
-        if os.isatty(0):
+        if _open_at_start(0) and os.isatty(0):
             self.saved = termios.tcgetattr(0)
 
     def enter(self) -> None:
@@ -93,9 +101,11 @@ def interact(proc: Any, timeout: float | None) -> bool:
     try:
         copy_size()
         raw.enter()
-        exited = terminal.relay(master, proc.exit_fd, source=0, sink=1, deadline=deadline)
+        source: int | bytes = 0 if _open_at_start(0) else b""
+        sink = 1 if _open_at_start(1) else None
+        exited = terminal.relay(master, proc.exit_fd, source=source, sink=sink, deadline=deadline)
         proc.kill_tree()
-        terminal.drain(master, 1)
+        terminal.drain(master, sink)
     finally:
         raw.leave()
         signal.signal(signal.SIGWINCH, old_winch)

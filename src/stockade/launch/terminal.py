@@ -45,7 +45,9 @@ def _emit(sink: Sink | None, data: bytes) -> Sink | None:
         except InterruptedError:
             continue
         except BlockingIOError:
-            select.select([], [sink], [])
+            poller = select.poll()
+            poller.register(sink, select.POLLOUT)
+            poller.poll()
         except OSError as err:
             if err.errno in (errno.EPIPE, errno.EIO, errno.EBADF):
                 return None
@@ -82,18 +84,20 @@ def relay(
         if source_fd is None and not pending and not eof_sent:
             pending += pty.eof_char(master)
             eof_sent = True
-        readers = [exit_fd]
+        poller = select.poll()
+        poller.register(exit_fd, select.POLLIN)
         if master_open:
-            readers.append(master)
+            poller.register(master, select.POLLIN | (select.POLLOUT if pending else 0))
         if source_fd is not None and not pending:
-            readers.append(source_fd)
-        writers = [master] if pending and master_open else []
+            poller.register(source_fd, select.POLLIN)
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        readable, writable, _ = select.select(readers, writers, [], timeout)
-        if not readable and not writable:
+        events = dict(poller.poll(None if timeout is None else timeout * 1000))
+        if not events:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             continue
+        readable = {fd for fd, ev in events.items() if ev & ~select.POLLOUT}
+        writable = events.get(master, 0) & select.POLLOUT
         if master in readable:
             try:
                 data = os.read(master, CHUNK)
@@ -120,7 +124,8 @@ def relay(
             except BlockingIOError:
                 continue
             except OSError as err:
-                if err.errno != errno.EIO:  # a terminal that hung up
+                # A terminal that hung up, or a stdin that was never open.
+                if err.errno not in (errno.EIO, errno.EBADF):
                     raise
                 data = b""
             if data:
@@ -143,8 +148,9 @@ def drain(master: int, sink: Sink | None, timeout: float = DRAIN_TIMEOUT) -> Non
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return
-        ready, _, _ = select.select([master], [], [], remaining)
-        if not ready:
+        poller = select.poll()
+        poller.register(master, select.POLLIN)
+        if not poller.poll(remaining * 1000):
             return
         try:
             data = os.read(master, CHUNK)
