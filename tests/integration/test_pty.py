@@ -485,3 +485,34 @@ def test_closed_stdin_is_end_of_input(workdir: Path) -> None:
         capture_output=True, cwd=workdir, env=env, timeout=WAIT, check=False,
     )  # fmt: skip
     assert (proc.returncode, proc.stderr) == (0, b"")
+
+
+ROOT_TMPFS = ["--root", "tmpfs", *(arg for d in SYSTEM for arg in ("-r", d))]
+
+
+def test_job_control_in_a_private_root(workdir: Path) -> None:
+    session = Session([*ROOT_TMPFS, "--", BASH, "--norc", "--noprofile", "-i"], workdir, 22, 66)
+    try:
+        assert session.run("echo size=$(stty size)=", r"size=(\d+ \d+)=") == b"22 66"
+        session.run("sleep 34.5 & echo bg-$((2+2))", r"(bg-4)")
+        assert session.run("jobs", r"\[1\]\+\s+(Running)\s+sleep 34.5 &") == b"Running"
+        session.type("fg\n")
+        wait_foreground("sleep", "34.5")
+        session.type("\x03")
+        assert session.run("echo status-$?-$((1))", r"status-(\d+)-1") == b"130"
+        session.type("exit 2\n")
+        assert session.wait() == 2
+    finally:
+        session.close()
+
+
+def test_the_terminal_has_a_name_in_a_private_root(workdir: Path) -> None:
+    # The root has a devpts of its own, without the host's /dev/pts/N: the
+    # terminal is bound at /dev/console (as bubblewrap does) for ttyname.
+    session = Session([*ROOT_TMPFS, "--", BASH, "--norc", "--noprofile", "-i"], workdir)
+    try:
+        assert session.run("echo tty=$(tty)=", r"tty=(/[^=]*)=") == b"/dev/console"
+        # ttyname matched it by device and inode: it is the very terminal.
+        assert session.run("echo pts=$(ls /dev/pts | tr '\\n' ,)=", r"pts=([a-z,]*)=") == b"ptmx,"
+    finally:
+        session.close()

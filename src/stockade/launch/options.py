@@ -20,8 +20,9 @@ if TYPE_CHECKING:  # the fork server imports this module: keep it light
     from stockade.plan import EnforcementPlan
 
 
-def child_options(plan: EnforcementPlan) -> dict[str, Any]:
-    """ChildSetup keyword arguments for *plan* (all picklable)."""
+def child_options(plan: EnforcementPlan, terminal: str | None = None) -> dict[str, Any]:
+    """ChildSetup keyword arguments for *plan* (all picklable); *terminal*
+    is the slave of the run's own pseudo-terminal (``pty``)."""
     policy = plan.policy
     id_maps = None
     if "user" in plan.namespaces:
@@ -44,7 +45,7 @@ def child_options(plan: EnforcementPlan) -> dict[str, Any]:
         "masks": resolve_masks(plan),
         "mounts": resolve_mounts(plan) if policy.root is None else (),
         "tmpfs_rights": plan.tmpfs_rights,
-        **root_options(plan),
+        **root_options(plan, terminal),
         # stdin is then the slave of a pseudo-terminal made for this run.
         "controlling_tty": policy.pty,
     }

@@ -75,8 +75,9 @@ def _op(source: bytes, target: str, flags: int, kind: int = K_MOUNT) -> Op:
     return (source, os.fsencode(target), flags | (kind << 8), parents, name)
 
 
-def root_options(plan: EnforcementPlan) -> dict[str, Any]:
-    """ChildSetup keyword arguments for a private root (empty without one)."""
+def root_options(plan: EnforcementPlan, terminal: str | None = None) -> dict[str, Any]:
+    """ChildSetup keyword arguments for a private root (empty without one).
+    *terminal*, the run's own pseudo-terminal, is bound at /dev/console."""
     policy = plan.policy
     if policy.root is None:
         return {}
@@ -92,7 +93,7 @@ def root_options(plan: EnforcementPlan) -> dict[str, Any]:
         _check_cwd(plan, policy.cwd)
     return {
         "root": b"" if policy.root == "tmpfs" else os.fsencode(os.path.realpath(policy.root)),
-        "mounts": root_ops(plan),
+        "mounts": root_ops(plan, terminal),
         "root_cwd": os.fsencode(policy.cwd) if policy.cwd is not None else None,
         "root_rights": (
             int(AccessFs.READ_DIR & handled),
@@ -103,7 +104,7 @@ def root_options(plan: EnforcementPlan) -> dict[str, Any]:
     }
 
 
-def root_ops(plan: EnforcementPlan) -> tuple[Op, ...]:
+def root_ops(plan: EnforcementPlan, terminal: str | None = None) -> tuple[Op, ...]:
     """The child's operations for *plan*'s private root, in order."""
     policy = plan.policy
     tmpfs_root = policy.root == "tmpfs"
@@ -131,6 +132,11 @@ def root_ops(plan: EnforcementPlan) -> tuple[Op, ...]:
             if is_char:  # a host without it (some containers) goes without
                 mounts.append((node, node, OP_DEV | OP_FILE, []))
         mounts.append(("/dev/pts", None, OP_DEVPTS, []))
+        if terminal is not None:
+            # The host's /dev/pts is not in the root: bound here, the run's
+            # terminal has a name (ttyname finds it by inode), as under
+            # bubblewrap.  The descriptors, not the name, are what it uses.
+            mounts.append(("/dev/console", terminal, OP_DEV | OP_FILE, []))
         mounts.append(("/dev/shm", None, OP_RW_RULE, []))  # noqa: S108 - a fresh tmpfs, mounted
     for bind in (*plan.root_binds, *policy.binds):
         try:

@@ -32,6 +32,8 @@ class Prepared:
 
     def __init__(self, plan: EnforcementPlan, terminal: str | None = None) -> None:
         self.plan = plan
+        #: The slave of the run's own pseudo-terminal (``pty``), by name.
+        self.terminal = terminal
         self.ruleset_fd = -1
         self.tmpdir: str | None = None
         self.cgroup: cgroup.PidsCgroup | None = None
@@ -179,7 +181,7 @@ class SandboxProcess(subprocess.Popen[Any]):
         self.timed_out = False
         self.pidfd = -1
         plan = prepared.plan
-        options = child_options(plan)
+        options = child_options(plan, prepared.terminal)
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         try:
             setup = ChildSetup(
