@@ -34,7 +34,21 @@ def open_fds() -> set[str]:
 
 
 def descendants(pid: int | None = None) -> set[int]:
-    """Every live process below *pid* (default: this one), the fork server included."""
+    """Every live process below *pid* (default: this one), the fork server
+    included, its idle spare not: each start uses the spare and forks the
+    next one, so its pid changes."""
+    return {p for p in _descendants(pid) if _comm(p) != "stockade-spare"}
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _descendants(pid: int | None = None) -> set[int]:
     found: set[int] = set()
     stack = [os.getpid() if pid is None else pid]
     while stack:

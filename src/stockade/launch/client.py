@@ -307,7 +307,10 @@ class ServerProcess(subprocess.Popen[Any]):
 
     def kill_tree(self) -> None:
         """SIGKILL the command and everything it started."""
-        self._tell(("kill_tree",))
+        # Once the exit message is here, the server has killed the tree
+        # already (before it reaped the command): nothing to ask.
+        if self._internal_poll() is None:
+            self._tell(("kill_tree",))
 
     def signal_group(self, sig: int) -> None:
         """Signal the command's process group (terminal signals, forwarded)."""
