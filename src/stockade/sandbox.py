@@ -9,9 +9,9 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import IO, Any
 
+from stockade._record import field, record
 from stockade.errors import PolicyError
 from stockade.kernel import cgroup, landlock
 from stockade.launch.spawn import Prepared, SandboxProcess
@@ -26,7 +26,7 @@ STDOUT = subprocess.STDOUT
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Denial:
     """One access the sandbox refused (SPEC section 6)."""
 
@@ -37,7 +37,7 @@ class Denial:
     errno: int
 
 
-@dataclass
+@record()
 class Result:
     """What a finished sandboxed run produced."""
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import os
 import signal
 import sys
@@ -112,6 +111,8 @@ class EventLog:
     def emit(self, **event: Any) -> None:
         if self._file is None:
             return
+        import json  # only with --log: every run would pay for it
+
         record = {"time": time.time(), "action": "allow", "errno": 0, "target": "", **event}
         self._file.write(json.dumps(record, sort_keys=True) + "\n")
 

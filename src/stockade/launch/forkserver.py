@@ -59,9 +59,9 @@ import selectors
 import signal
 import socket
 import sys
-from dataclasses import dataclass, field
 from typing import Any
 
+from stockade._record import field, record
 from stockade.errors import LaunchError
 from stockade.kernel import _ffi, caps
 from stockade.kernel.seccomp import PreparedFilter
@@ -86,7 +86,7 @@ MAX_FDS = 8
 MAX_MESSAGE = 1 << 20
 
 
-@dataclass
+@record()
 class Request:
     """One sandbox to start; the descriptors travel beside it (SCM_RIGHTS).
 
@@ -544,7 +544,11 @@ def _host_died(_signum: int, _frame: object) -> None:
 
 def main(argv: list[str]) -> int:
     """Entry point in the server process: ``main([CTL_FD, HOST_PID])``."""
-    return run_server(int(argv[0]), int(argv[1]))
+    code = run_server(int(argv[0]), int(argv[1]))
+    # Everything is ended; skip the interpreter's teardown, so that the
+    # server is gone as soon as its runs are (and its spares' shared pages
+    # are not walked once more).
+    os._exit(code)
 
 
 def run_server(ctl_fd: int, host_pid: int) -> int:

@@ -8,8 +8,8 @@ as arguments, so every decision here is unit-testable without a kernel.
 from __future__ import annotations
 
 import resource
-from dataclasses import dataclass, replace
 
+from stockade._record import record, replace
 from stockade.errors import PolicyError, UnsupportedError
 from stockade.plan.filter import FilterSpec, build_program
 from stockade.plan.landlock import (
@@ -47,7 +47,7 @@ RLIMIT_BY_NAME: dict[str, int] = {
 ADDR_NO_RANDOMIZE = 0x0040000
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class KernelFacts:
     """What the plan needs to know about where it will run."""
 
@@ -61,7 +61,7 @@ class KernelFacts:
     user_namespaces: bool = True
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class EnforcementPlan:
     """Every kernel-layer operation one sandbox needs, as plain data."""
 

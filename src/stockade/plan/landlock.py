@@ -10,8 +10,7 @@ supervisor and is refused with an error naming the rule, never weakened.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-
+from stockade._record import record, replace
 from stockade.errors import PolicyError, UnsupportedError
 from stockade.kernel.landlock import AccessFs, AccessNet, Scope, fs_rights_for_abi, scopes_for_abi
 from stockade.policy import patterns
@@ -39,7 +38,7 @@ _ABI_OF_RIGHT = {AccessFs.REFER: 2, AccessFs.TRUNCATE: 3, AccessFs.IOCTL_DEV: 5}
 _KERNEL_OF_ABI = {1: "5.13", 2: "5.19", 3: "6.2", 4: "6.7", 5: "6.10", 6: "6.12", 7: "6.15"}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PathGrant:
     """Allow ``rights`` beneath ``path`` (a tree) or on ``path`` alone."""
 
@@ -53,7 +52,7 @@ class PathGrant:
     in_root: bool = False
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class LandlockPlan:
     """Everything needed to build one Landlock ruleset."""
 
@@ -68,7 +67,7 @@ class LandlockPlan:
     masks: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class NetPlan:
     """What the network rules need from the kernel layers."""
 
