@@ -79,12 +79,17 @@ def fields(cls_or_record: Any) -> tuple[Field, ...]:
 
 def replace(obj: _T, /, **changes: Any) -> _T:
     """A copy of record *obj* with some fields changed."""
-    values = {f.name: getattr(obj, f.name) for f in fields(obj)}
-    unknown = changes.keys() - values.keys()
-    if unknown:
-        raise TypeError(f"{type(obj).__name__} has no field {sorted(unknown)[0]!r}")
-    values.update(changes)
-    return type(obj)(**values)
+    cls = type(obj)
+    names: frozenset[str] = cls.__record_names__  # type: ignore[attr-defined]
+    if not names.issuperset(changes):
+        bad = sorted(set(changes) - names)[0]
+        raise TypeError(f"{cls.__name__} has no field {bad!r}")
+    # Every field is set already: copy them, as __init__ would store them.
+    new = object.__new__(cls)
+    state = new.__dict__
+    state.update(obj.__dict__)
+    state.update(changes)
+    return new
 
 
 @dataclass_transform(field_specifiers=(field, Field))
@@ -115,6 +120,7 @@ def record(*, frozen: bool = False, order: bool = False) -> Callable[[type[_T]],
         shown = tuple(f.name for f in all_fields if f.repr)
         methods: dict[str, Any] = {
             "__record_fields__": all_fields,
+            "__record_names__": frozenset(names),
             "__match_args__": names,
             "__init__": _make_init(cls.__qualname__, all_fields),
             "__repr__": _make_repr(shown),
@@ -137,28 +143,31 @@ def record(*, frozen: bool = False, order: bool = False) -> Callable[[type[_T]],
 def _make_init(qualname: str, all_fields: tuple[Field, ...]) -> Any:
     names = [f.name for f in all_fields]
     known = frozenset(names)
-    setter = object.__setattr__
+    spec = [(f.name, f.default, f.default_factory) for f in all_fields]
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        if len(args) > len(names):
-            raise TypeError(f"{qualname}() takes {len(names)} positional arguments")
-        for name, value in zip(names, args, strict=False):
-            if name in kwargs:
-                raise TypeError(f"{qualname}() got multiple values for argument {name!r}")
-            kwargs[name] = value
-        if len(kwargs) > len(args) and not known.issuperset(kwargs):
+        if args:
+            if len(args) > len(names):
+                raise TypeError(f"{qualname}() takes {len(names)} positional arguments")
+            for name, value in zip(names, args, strict=False):
+                if name in kwargs:
+                    raise TypeError(f"{qualname}() got multiple values for argument {name!r}")
+                kwargs[name] = value
+        if not known.issuperset(kwargs):
             bad = sorted(set(kwargs) - known)[0]
             raise TypeError(f"{qualname}() got an unexpected keyword argument {bad!r}")
-        for f in all_fields:
-            value = kwargs.get(f.name, MISSING)
-            if value is MISSING:
-                if f.default is not MISSING:
-                    value = f.default
-                elif f.default_factory is not MISSING:
-                    value = f.default_factory()
-                else:
-                    raise TypeError(f"{qualname}() missing required argument {f.name!r}")
-            setter(self, f.name, value)
+        # Straight into the instance's dict: a frozen record's __setattr__
+        # refuses, as the one dataclasses writes does.
+        state = self.__dict__
+        for name, default, factory in spec:
+            if name in kwargs:
+                state[name] = kwargs[name]
+            elif default is not MISSING:
+                state[name] = default
+            elif factory is not MISSING:
+                state[name] = factory()
+            else:
+                raise TypeError(f"{qualname}() missing required argument {name!r}")
         post = getattr(self, "__post_init__", None)
         if post is not None:
             post()

@@ -55,7 +55,13 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_OWN_FAILURE)
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: The subcommands, in the order ``--help`` lists them.
+COMMANDS = ("run", "check", "ctl", "learn", "profiles")
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command-line parser; with *only*, just that subcommand's (each
+    argparse parser costs start-up time, and a command line names one)."""
     from stockade._version import __version__
 
     parser = _Parser(
@@ -65,6 +71,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"stockade {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
+    if only in (None, "run"):
+        _add_run(sub)
+    if only in (None, "check"):
+        check = sub.add_parser("check", help="what this kernel supports")
+        # Defined here, not by importing stockade.cli.check: every `run`
+        # would pay for that import.
+        check.add_argument(
+            "--json", action="store_true", help="print the findings as one JSON object"
+        )
+    if only in (None, "ctl"):
+        ctl = sub.add_parser("ctl", help="talk to a running sandbox's control socket")
+        ctl.add_argument("socket")
+        ctl.add_argument("words", nargs="*")
+    if only in (None, "learn"):
+        learn = sub.add_parser("learn", help="run permissively and write a policy")
+        learn.add_argument("-o", "--output")
+        learn.add_argument("argv", nargs=argparse.REMAINDER)
+    if only in (None, "profiles"):
+        sub.add_parser("profiles", help="list built-in profiles")
+    return parser
+
+
+def _add_run(sub: Any) -> None:
     run = sub.add_parser("run", help="run a command in a sandbox")
     for dest, flags in ORDERED.items():
         run.add_argument(*flags, dest=dest, action=_Ordered, metavar=_METAVARS[dest],
@@ -124,19 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
 
-    check = sub.add_parser("check", help="what this kernel supports")
-    # Defined here, not by importing stockade.cli.check: every `run` would
-    # pay for that import.
-    check.add_argument("--json", action="store_true", help="print the findings as one JSON object")
-    ctl = sub.add_parser("ctl", help="talk to a running sandbox's control socket")
-    ctl.add_argument("socket")
-    ctl.add_argument("words", nargs="*")
-    learn = sub.add_parser("learn", help="run permissively and write a policy")
-    learn.add_argument("-o", "--output")
-    learn.add_argument("argv", nargs=argparse.REMAINDER)
-    sub.add_parser("profiles", help="list built-in profiles")
-    return parser
-
 
 _METAVARS = {
     "read": "PATH", "write": "PATH", "exec": "PATH", "deny": "PATH", "rule": "RULE",
@@ -157,7 +173,9 @@ _HELP = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stockade`` console script."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    only = argv[0] if argv and argv[0] in COMMANDS else None
+    args = build_parser(only).parse_args(argv)
     if args.command == "run":
         from stockade.cli.run import run_command
 

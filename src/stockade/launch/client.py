@@ -11,11 +11,12 @@ socket.
 
 from __future__ import annotations
 
+# _socket, not socket: see stockade.launch.forkserver.
+import _socket
 import errno
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -43,7 +44,7 @@ class ForkServer:
     def __init__(self, fork: bool = False) -> None:
         self._fork = fork
         self._lock = threading.Lock()
-        self._ctl: socket.socket | None = None
+        self._ctl: _socket.socket | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._pid = -1
         self._failure: BaseException | None = None
@@ -57,7 +58,7 @@ class ForkServer:
     def _start_forked(self) -> None:
         from stockade.launch.forkserver import run_server
 
-        host, server = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        host, server = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the server
@@ -77,7 +78,7 @@ class ForkServer:
         self._greet(host)
 
     def _start_fresh(self) -> None:
-        host, server = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        host, server = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         package_parent = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
         boot = (
             "import sys; sys.path.insert(0, sys.argv[1]); "
@@ -120,7 +121,7 @@ class ForkServer:
         self._pid = self._proc.pid
         self._greet(host)
 
-    def _greet(self, host: socket.socket) -> None:
+    def _greet(self, host: _socket.socket) -> None:
         host.settimeout(START_TIMEOUT)
         try:
             got = recv_message(host)
@@ -157,15 +158,15 @@ class ForkServer:
                     pass
             self._pid = -1
 
-    def spawn(self, request: Request, fds: list[int]) -> socket.socket:
+    def spawn(self, request: Request, fds: list[int]) -> _socket.socket:
         """Send one request; returns the run's socket (our end)."""
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        mine, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         try:
             with self._lock:
                 if self._ctl is None or not self._alive():
                     self._start()
                 assert self._ctl is not None
-                send_message(self._ctl, request, [theirs.fileno(), *fds])
+                send_message(self._ctl, request.wire(), [theirs.fileno(), *fds])
         except BaseException:
             mine.close()
             raise
@@ -206,7 +207,7 @@ class ServerProcess(subprocess.Popen[Any]):
     ) -> None:
         self.prepared = prepared
         self.timed_out = False
-        self._conn: socket.socket | None = None
+        self._conn: _socket.socket | None = None
         self._env = dict(env) if env is not None else dict(os.environ)
         super().__init__(list(args), **popen_kwargs)
 

@@ -28,9 +28,9 @@ How it keeps the guarantees:
   its end (or dies) before the exit gets its run killed.
 
 The server is single-threaded (it forks) and runs one selector loop.
-Requests are pickles from the host, which runs as the same user and
-started it: the server trusts its host, and nothing else can reach the
-socket pair.
+Messages are marshalled (pickled when marshal cannot carry them) by the
+host, which runs as the same user and started it: the server trusts its
+host, and nothing else can reach the socket pair.
 
 Spares: forking is the slowest part of a start (the server is a whole
 interpreter), so the server forks one policy-free *spare* ahead of time.
@@ -49,15 +49,17 @@ and is never counted as an orphan to kill while it waits.
 
 from __future__ import annotations
 
+# _socket, not socket: socket.py's enum conversions cost more than all
+# of this module, and the command line imports it.
+import _socket
 import array
 import ctypes
 import errno
 import gc
+import marshal
 import os
-import pickle
 import selectors
 import signal
-import socket
 import sys
 from typing import Any
 
@@ -103,31 +105,55 @@ class Request:
     filter_program: bytes = b""
     filter_flags: int = 0
 
+    def wire(self) -> dict[str, Any]:
+        """The request as a message (see :func:`send_message`)."""
+        return dict(self.__dict__)
 
-def send_message(sock: socket.socket, obj: object, fds: list[int] = ()) -> None:  # type: ignore[assignment]
-    """Send one pickled message with *fds* attached."""
-    data = pickle.dumps(obj)
+
+def dumps(obj: object) -> bytes:
+    """Encode a message: marshal (fast, and nothing to import) when it can
+    carry *obj*, pickle otherwise."""
+    try:
+        return b"m" + marshal.dumps(obj)  # type: ignore[arg-type]  # ValueError if not
+    except ValueError:
+        import pickle
+
+        return b"p" + pickle.dumps(obj)
+
+
+def loads(data: bytes) -> Any:
+    """Decode a message of :func:`dumps` (from our own host or server)."""
+    if data[:1] == b"m":
+        return marshal.loads(memoryview(data)[1:])  # noqa: S302 - over a private socketpair
+    import pickle
+
+    return pickle.loads(memoryview(data)[1:])  # noqa: S301 - over a private socketpair
+
+
+def send_message(sock: _socket.socket, obj: object, fds: list[int] = ()) -> None:  # type: ignore[assignment]
+    """Send one message with *fds* attached."""
+    data = dumps(obj)
     if len(data) > MAX_MESSAGE:
         raise ValueError("fork-server message too large")
-    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    anc = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
     sock.sendmsg([data], anc)
 
 
-def recv_message(sock: socket.socket) -> tuple[Any, list[int]] | None:
+def recv_message(sock: _socket.socket) -> tuple[Any, list[int]] | None:
     """Receive one message and its descriptors; None at end of stream."""
     got = recv_raw(sock)
     if got is None:
         return None
-    return pickle.loads(got[0]), got[1]  # noqa: S301 - our own host, over a private socketpair
+    return loads(got[0]), got[1]
 
 
-def recv_raw(sock: socket.socket) -> tuple[bytes, list[int]] | None:
-    """Receive one message (still pickled) and its descriptors; None at
+def recv_raw(sock: _socket.socket) -> tuple[bytes, list[int]] | None:
+    """Receive one message (still encoded) and its descriptors; None at
     end of stream."""
     fds = array.array("i")
-    data, anc, _flags, _addr = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+    data, anc, _flags, _addr = sock.recvmsg(MAX_MESSAGE, _socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
     for level, kind, payload in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
     received = list(fds)
     if not data:
@@ -138,7 +164,7 @@ def recv_raw(sock: socket.socket) -> tuple[bytes, list[int]] | None:
 
 
 class _Run:
-    def __init__(self, conn: socket.socket, pid: int) -> None:
+    def __init__(self, conn: _socket.socket, pid: int) -> None:
         self.conn = conn
         self.pid = pid
         self.returncode: int | None = None
@@ -148,7 +174,7 @@ class _Spare:
     """A forked process waiting for one request on *sock*; *err_r* reads
     its error pipe (EOF once it has exec'd)."""
 
-    def __init__(self, pid: int, sock: socket.socket, err_r: int) -> None:
+    def __init__(self, pid: int, sock: _socket.socket, err_r: int) -> None:
         self.pid = pid
         self.sock = sock
         self.err_r = err_r
@@ -161,7 +187,7 @@ class _Spare:
 class Server:
     """The server loop.  Build it in the server process only."""
 
-    def __init__(self, ctl: socket.socket) -> None:
+    def __init__(self, ctl: _socket.socket) -> None:
         self.ctl = ctl
         self.sel = selectors.DefaultSelector()
         self.runs: dict[int, _Run] = {}
@@ -224,9 +250,9 @@ class Server:
         if got is None:
             return False
         data, fds = got
-        req = pickle.loads(data)  # noqa: S301 - our own host, over a private socketpair
+        req = Request(**loads(data))
         named = dict(zip(req.fds, fds, strict=True))
-        conn = socket.socket(fileno=named.pop("conn"))
+        conn = _socket.socket(fileno=named.pop("conn"))
         try:
             run = _Run(conn, self._start(req, data, named))
         except LaunchError as err:
@@ -255,17 +281,14 @@ class Server:
         spare = self._take_spare()
         self._sample = data
         try:
+            passed = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", fds.values()))]
             try:
-                spare.sock.sendmsg(
-                    [data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds.values()))]
-                )
+                spare.sock.sendmsg([data], passed)
             except OSError:
                 # It died waiting (something killed it): use a fresh one.
                 self._drop_spare(spare)
                 spare = self._take_spare()
-                spare.sock.sendmsg(
-                    [data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds.values()))]
-                )
+                spare.sock.sendmsg([data], passed)
             # The next spare forks while this one sets up.
             try:
                 self._fork_spare()
@@ -299,7 +322,7 @@ class Server:
     def _fork_spare(self) -> None:
         if self.spare is not None:
             return
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         server_pid = os.getpid()
         _ffi.prctl(PR_SET_NAME, ctypes.addressof(self._spare_name))
@@ -434,7 +457,7 @@ def _spare_main(
     """The life of a spare: wait for one request, set up, exec.
 
     Runs in a process forked from the single-threaded server, so it may
-    allocate and unpickle; only :meth:`ChildSetup.run` is bound to the
+    allocate and decode; only :meth:`ChildSetup.run` is bound to the
     child's rules.  Returns (to be ``_exit``ed) only when not exec'ing.
     """
     signal.set_wakeup_fd(-1)
@@ -453,10 +476,10 @@ def _spare_main(
     gc.disable()
     if sample is not None:
         # A rehearsal with the previous request, while nobody waits: the
-        # copy-on-write faults of unpickling and of building a ChildSetup
+        # copy-on-write faults of decoding and of building a ChildSetup
         # happen now, and the real request reuses the copied pages.
         _prepare(sample, None, err_w, server_pid, bounding_empty)
-    got = recv_raw(socket.socket(fileno=sock_fd))
+    got = recv_raw(_socket.socket(fileno=sock_fd))
     if got is None:
         return 0
     req, named, setup, candidates = _prepare(got[0], got[1], err_w, server_pid, bounding_empty)
@@ -494,9 +517,9 @@ def _spare_main(
 def _prepare(
     data: bytes, fds: list[int] | None, err_w: int, server_pid: int, bounding_empty: bool
 ) -> tuple[Request, dict[str, int], ChildSetup, list[str]]:
-    """Unpickle a request and build its ChildSetup and the paths to try
-    for its command; *fds* None is a rehearsal (no descriptors)."""
-    req: Request = pickle.loads(data)  # noqa: S301 - from the server, over a private socketpair
+    """Decode a request and build its ChildSetup and the paths to try for
+    its command; *fds* None is a rehearsal (no descriptors)."""
+    req = Request(**loads(data))
     names = [n for n in req.fds if n != "conn"]
     named = dict(zip(names, [-1] * len(names) if fds is None else fds, strict=True))
     setup = ChildSetup(
@@ -527,7 +550,7 @@ def _spare_fail(err_w: int, step: int, err: int | None) -> None:
     os._exit(SPARE_FAILED)
 
 
-def _reply(conn: socket.socket, message: object) -> None:
+def _reply(conn: _socket.socket, message: object) -> None:
     try:
         send_message(conn, message)
     except OSError:
@@ -566,7 +589,7 @@ def run_server(ctl_fd: int, host_pid: int) -> int:
     # Leave the host's session: its terminal's signals are not ours (and
     # ignoring them instead would leave them ignored in every command).
     os.setsid()
-    ctl = socket.socket(fileno=ctl_fd)
+    ctl = _socket.socket(fileno=ctl_fd)
     # What is loaded now stays shared with every spare: the collector must
     # not write to it (copy-on-write faults in each spare).
     gc.freeze()
