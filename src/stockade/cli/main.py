@@ -9,6 +9,7 @@ cannot be executed; 127 when it is not found.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -50,6 +51,11 @@ class _Ordered(argparse.Action):
 class _Parser(argparse.ArgumentParser):
     """argparse with stockade's exit status (125) and one-line errors."""
 
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        # argparse makes a formatter for every argument it adds (to check the
+        # metavar), and each one asks the terminal for its size: ask once.
+        return self.formatter_class(prog=self.prog, width=_terminal_width())  # type: ignore[call-arg]
+
     def error(self, message: str) -> Any:
         sys.stderr.write(f"stockade: {message} (see '{self.prog} --help')\n")
         sys.exit(EXIT_OWN_FAILURE)
@@ -57,6 +63,14 @@ class _Parser(argparse.ArgumentParser):
 
 #: The subcommands, in the order ``--help`` lists them.
 COMMANDS = ("run", "check", "ctl", "learn", "profiles")
+
+
+@functools.cache
+def _terminal_width() -> int:
+    import shutil
+
+    # What argparse's HelpFormatter computes when given no width.
+    return shutil.get_terminal_size().columns - 2
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -21,12 +21,13 @@ import subprocess
 import sys
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stockade.errors import LaunchError
-from stockade.launch.forkserver import Request, recv_message, send_message
-from stockade.launch.options import child_options
-from stockade.launch.spawn import Prepared
+from stockade.launch.wire import Request, recv_message, send_message
+
+if TYPE_CHECKING:  # the command line imports this before it forks its server
+    from stockade.launch.spawn import Prepared
 
 #: How long the server may take to start before we give up.
 START_TIMEOUT = 30.0
@@ -48,8 +49,26 @@ class ForkServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self._pid = -1
         self._failure: BaseException | None = None
+        #: Our end of a server started but not yet greeted.
+        self._pending: _socket.socket | None = None
+
+    def start(self) -> None:
+        """Start the server now instead of at the first spawn, without
+        waiting for it to be ready.  The command line forks it this way
+        before its own heavy imports, so that the server is small and gets
+        ready on the other CPU while the command line builds the policy."""
+        with self._lock:
+            if self._ctl is None and self._pending is None:
+                self._begin()
 
     def _start(self) -> None:
+        if self._pending is None:
+            self._begin()
+        host, self._pending = self._pending, None
+        assert host is not None
+        self._greet(host)
+
+    def _begin(self) -> None:
         if self._fork:
             self._start_forked()
         else:
@@ -70,12 +89,13 @@ class ForkServer:
                     os.dup2(null, fd)
                 os.closerange(3, server.fileno())
                 os.closerange(server.fileno() + 1, 1 << 20)
-                code = run_server(server.fileno(), parent)
+                # One run per command line: no spare kept ready.
+                code = run_server(server.fileno(), parent, spares=False)
             finally:
                 os._exit(code)
         server.close()
         self._pid = pid
-        self._greet(host)
+        self._pending = host
 
     def _start_fresh(self) -> None:
         host, server = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
@@ -119,7 +139,7 @@ class ForkServer:
             raise LaunchError("starting the fork server", errno.EIO, str(self._failure))
         assert self._proc is not None
         self._pid = self._proc.pid
-        self._greet(host)
+        self._pending = host
 
     def _greet(self, host: _socket.socket) -> None:
         host.settimeout(START_TIMEOUT)
@@ -146,9 +166,10 @@ class ForkServer:
     def close(self) -> None:
         """Stop the server (it ends every run first) and wait for it."""
         with self._lock:
-            if self._ctl is not None:
-                self._ctl.close()
-                self._ctl = None
+            for sock in (self._ctl, self._pending):
+                if sock is not None:
+                    sock.close()
+            self._ctl = self._pending = None
             if self._proc is not None:
                 self._proc.wait()
             elif self._pid > 0:
@@ -164,6 +185,9 @@ class ForkServer:
         try:
             with self._lock:
                 if self._ctl is None or not self._alive():
+                    if self._ctl is not None:
+                        self._ctl.close()
+                        self._ctl = None
                     self._start()
                 assert self._ctl is not None
                 send_message(self._ctl, request.wire(), [theirs.fileno(), *fds])
@@ -232,6 +256,8 @@ class ServerProcess(subprocess.Popen[Any]):
             if self.prepared.cgroup is not None:
                 names.append("cgroup")
                 fds.append(self.prepared.cgroup.procs_fd)
+            from stockade.launch.options import child_options
+
             request = Request(
                 args=[os.fsdecode(a) for a in args],
                 env=self._env,

@@ -49,27 +49,23 @@ and is never counted as an orphan to kill while it waits.
 
 from __future__ import annotations
 
-# _socket, not socket: socket.py's enum conversions cost more than all
-# of this module, and the command line imports it.
 import _socket
 import array
 import ctypes
 import errno
 import gc
-import marshal
 import os
 import selectors
 import signal
 import sys
-from typing import Any
 
-from stockade._record import field, record
 from stockade.errors import LaunchError
 from stockade.kernel import _ffi, caps
 from stockade.kernel.seccomp import PreparedFilter
 from stockade.launch.child import ChildSetup, decode_record, failed_target, read_record
 from stockade.launch.options import bounding_to_drop
 from stockade.launch.reaper import children, kill_tree
+from stockade.launch.wire import Request, loads, recv_message, recv_raw, send_message
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
@@ -84,83 +80,6 @@ SPARE_EXEC = 0x102
 SPARE_SETUP = 0x103
 #: Exit status of a spare that failed before or at exec.
 SPARE_FAILED = 127
-MAX_FDS = 8
-MAX_MESSAGE = 1 << 20
-
-
-@record()
-class Request:
-    """One sandbox to start; the descriptors travel beside it (SCM_RIGHTS).
-
-    ``fds`` names the received descriptors, in order: ``conn`` always, then
-    ``stdin``/``stdout``/``stderr``/``ruleset``/``cgroup`` when present.
-    """
-
-    args: list[str]
-    env: dict[str, str]
-    cwd: str | None
-    fds: list[str]
-    #: :class:`ChildSetup` keyword arguments (see ``options.child_options``).
-    setup: dict[str, Any] = field(default_factory=dict)
-    filter_program: bytes = b""
-    filter_flags: int = 0
-
-    def wire(self) -> dict[str, Any]:
-        """The request as a message (see :func:`send_message`)."""
-        return dict(self.__dict__)
-
-
-def dumps(obj: object) -> bytes:
-    """Encode a message: marshal (fast, and nothing to import) when it can
-    carry *obj*, pickle otherwise."""
-    try:
-        return b"m" + marshal.dumps(obj)  # type: ignore[arg-type]  # ValueError if not
-    except ValueError:
-        import pickle
-
-        return b"p" + pickle.dumps(obj)
-
-
-def loads(data: bytes) -> Any:
-    """Decode a message of :func:`dumps` (from our own host or server)."""
-    if data[:1] == b"m":
-        return marshal.loads(memoryview(data)[1:])  # noqa: S302 - over a private socketpair
-    import pickle
-
-    return pickle.loads(memoryview(data)[1:])  # noqa: S301 - over a private socketpair
-
-
-def send_message(sock: _socket.socket, obj: object, fds: list[int] = ()) -> None:  # type: ignore[assignment]
-    """Send one message with *fds* attached."""
-    data = dumps(obj)
-    if len(data) > MAX_MESSAGE:
-        raise ValueError("fork-server message too large")
-    anc = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-    sock.sendmsg([data], anc)
-
-
-def recv_message(sock: _socket.socket) -> tuple[Any, list[int]] | None:
-    """Receive one message and its descriptors; None at end of stream."""
-    got = recv_raw(sock)
-    if got is None:
-        return None
-    return loads(got[0]), got[1]
-
-
-def recv_raw(sock: _socket.socket) -> tuple[bytes, list[int]] | None:
-    """Receive one message (still encoded) and its descriptors; None at
-    end of stream."""
-    fds = array.array("i")
-    data, anc, _flags, _addr = sock.recvmsg(MAX_MESSAGE, _socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
-    for level, kind, payload in anc:
-        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-            fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
-    received = list(fds)
-    if not data:
-        for fd in received:
-            os.close(fd)
-        return None
-    return data, received
 
 
 class _Run:
@@ -187,8 +106,12 @@ class _Spare:
 class Server:
     """The server loop.  Build it in the server process only."""
 
-    def __init__(self, ctl: _socket.socket) -> None:
+    def __init__(self, ctl: _socket.socket, spares: bool = True) -> None:
         self.ctl = ctl
+        #: Keep a spare ready for the next request.  Off for a host that
+        #: starts one sandbox (the command line): forking the next spare
+        #: would only cost it time.
+        self.spares = spares
         self.sel = selectors.DefaultSelector()
         self.runs: dict[int, _Run] = {}
         # Read once: the server's bounding set does not change after start,
@@ -207,7 +130,8 @@ class Server:
         self._own_name = ctypes.create_string_buffer(16)
         _ffi.prctl(PR_GET_NAME, ctypes.addressof(self._own_name))
         self._spare_name = ctypes.create_string_buffer(SPARE_NAME)
-        self._fork_spare()
+        if spares:
+            self._fork_spare()
 
     def serve(self) -> None:
         """Serve until the host closes the control socket or dies; then end
@@ -289,11 +213,12 @@ class Server:
                 self._drop_spare(spare)
                 spare = self._take_spare()
                 spare.sock.sendmsg([data], passed)
-            # The next spare forks while this one sets up.
-            try:
-                self._fork_spare()
-            except OSError:
-                pass  # the next request forks one, or reports why it cannot
+            if self.spares:
+                # The next spare forks while this one sets up.
+                try:
+                    self._fork_spare()
+                except OSError:
+                    pass  # the next request forks one, or reports why it cannot
             record = read_record(spare.err_r)
         finally:
             spare.close()
@@ -574,8 +499,9 @@ def main(argv: list[str]) -> int:
     os._exit(code)
 
 
-def run_server(ctl_fd: int, host_pid: int) -> int:
-    """Become the fork server of *host_pid* on the socket *ctl_fd*."""
+def run_server(ctl_fd: int, host_pid: int, spares: bool = True) -> int:
+    """Become the fork server of *host_pid* on the socket *ctl_fd*
+    (*spares*: see :class:`Server`)."""
     signal.signal(signal.SIGTERM, _host_died)
     _ffi.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != host_pid:
@@ -595,7 +521,7 @@ def run_server(ctl_fd: int, host_pid: int) -> int:
     gc.freeze()
     send_message(ctl, ("ready", os.getpid()))
     try:
-        Server(ctl).serve()
+        Server(ctl, spares).serve()
     except HostDied:
         return 0
     return 0
