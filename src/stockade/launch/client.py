@@ -75,8 +75,6 @@ class ForkServer:
             self._start_fresh()
 
     def _start_forked(self) -> None:
-        from stockade.launch.forkserver import run_server
-
         host, server = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         parent = os.getpid()
         pid = os.fork()
@@ -89,6 +87,9 @@ class ForkServer:
                     os.dup2(null, fd)
                 os.closerange(3, server.fileno())
                 os.closerange(server.fileno() + 1, 1 << 20)
+                # Imported here: the host needs none of the server's modules.
+                from stockade.launch.forkserver import run_server
+
                 # One run per command line: no spare kept ready.
                 code = run_server(server.fileno(), parent, spares=False)
             finally:

@@ -20,8 +20,6 @@ from typing import Any
 from stockade.errors import LaunchError, PolicyError, UnsupportedError
 from stockade.kernel import caps, cgroup, landlock
 from stockade.kernel.seccomp import PreparedFilter
-from stockade.launch.child import ChildSetup, decode_record, failed_target, read_record
-from stockade.launch.options import bounding_to_drop, child_options
 from stockade.launch.reaper import kill_tree
 from stockade.plan import EnforcementPlan
 from stockade.plan.landlock import PathGrant
@@ -180,6 +178,10 @@ class SandboxProcess(subprocess.Popen[Any]):
         self.prepared = prepared
         self.timed_out = False
         self.pidfd = -1
+        # Imported here: the hosts of the fork server never fork themselves.
+        from stockade.launch.child import ChildSetup, decode_record, failed_target, read_record
+        from stockade.launch.options import bounding_to_drop, child_options
+
         plan = prepared.plan
         options = child_options(plan, prepared.terminal)
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
