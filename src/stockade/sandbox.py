@@ -14,7 +14,7 @@ from typing import IO, Any
 from stockade._record import field, record
 from stockade.errors import PolicyError
 from stockade.kernel import cgroup, landlock
-from stockade.launch.spawn import Prepared, SandboxProcess
+from stockade.launch.spawn import Prepared, RulesetCache, SandboxProcess
 from stockade.plan import EnforcementPlan, KernelFacts, compile_plan
 from stockade.policy.model import Policy
 
@@ -228,6 +228,7 @@ class Sandbox:
             )
         self.spawner = spawner
         self._plan: EnforcementPlan | None = None
+        self._rulesets: RulesetCache | None = None
         self._lock = threading.Lock()
 
     @property
@@ -237,6 +238,7 @@ class Sandbox:
         with self._lock:
             if self._plan is None:
                 self._plan = compile_plan(self.policy, kernel_facts())
+                self._rulesets = RulesetCache(self._plan)
             return self._plan
 
     def environment(self, tmpdir: str | None) -> dict[str, str]:
@@ -305,7 +307,7 @@ class Sandbox:
         kwargs: dict[str, Any],
         terminal: str | None,
     ) -> Any:
-        prepared = Prepared(plan, terminal)
+        prepared = Prepared(plan, terminal, self._rulesets)
         try:
             env = kwargs.pop("env", None)
             if env is None:

@@ -180,9 +180,11 @@ def test_failed_launches_leak_nothing(
         stockade.Sandbox(read=SYSTEM, max_procs=5, cpus=[NO_SUCH_CPU], spawner=spawner),
     ]
     # Warm up once, so that what lives as long as the process (the fork
-    # server, cached probes) exists before counting.
-    with pytest.raises(stockade.LaunchError):
-        failing[0].run(touch_command(marker))
+    # server, cached probes) or the sandbox (its cached ruleset) exists
+    # before counting.
+    for sb in failing:
+        with pytest.raises(stockade.LaunchError):
+            sb.run(touch_command(marker))
     before_fds, before_procs = open_fds(), descendants()
     for i in range(20):
         sb = failing[i % len(failing)]

@@ -339,7 +339,9 @@ class Server:
             run = self.runs.pop(pid, None)
             if run is not None:
                 # The zombie keeps pid and group id reserved while we kill.
-                kill_tree(pid)
+                # Its children were reparented to us when it died, so there
+                # is no tree beneath it: its group, then what we adopted.
+                _killpg(pid)
                 self._kill_adopted()
             status = os.waitpid(pid, 0)[1]
             if self.spare is not None and pid == self.spare.pid:
@@ -367,6 +369,13 @@ def _exited(pid: int) -> bool:
         return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
     except ChildProcessError:
         return True
+
+
+def _killpg(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _signal(pid: int) -> None:

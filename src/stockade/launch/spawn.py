@@ -14,6 +14,7 @@ import errno
 import os
 import select
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,10 +26,67 @@ from stockade.plan import EnforcementPlan
 from stockade.plan.landlock import PathGrant
 
 
+class RulesetCache:
+    """One plan's Landlock ruleset, built once and handed to each run as a
+    duplicate, for plans whose ruleset is the same from run to run (no
+    private tmp, no tmpfs: those add a rule of their own per run).
+
+    Landlock rules name inodes, not paths: before each run the grants are
+    looked up again, and a path that now leads to another inode (or exists
+    when it did not, or no longer does) gets a fresh ruleset.
+    """
+
+    def __init__(self, plan: EnforcementPlan) -> None:
+        self.plan = plan
+        self.usable = not plan.policy.private_tmp and not plan.policy.tmpfs
+        self._lock = threading.Lock()
+        self._fd = -1
+        self._identity: list[tuple[int, int] | None] = []
+
+    def get(self) -> int:
+        """A new descriptor of the ruleset (the caller closes it)."""
+        with self._lock:
+            identity = _identities(self.plan)
+            if self._fd < 0 or identity != self._identity:
+                fd = build_ruleset(self.plan, None)
+                if self._fd >= 0:
+                    os.close(self._fd)
+                self._fd, self._identity = fd, identity
+            return os.dup(self._fd)
+
+    def close(self) -> None:
+        """Release the cached ruleset."""
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+    def __del__(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+
+
+def _identities(plan: EnforcementPlan) -> list[tuple[int, int] | None]:
+    out: list[tuple[int, int] | None] = []
+    for grant in plan.landlock.grants:
+        try:
+            st = os.stat(grant.path)
+        except OSError:
+            out.append(None)
+        else:
+            out.append((st.st_dev, st.st_ino))
+    return out
+
+
 class Prepared:
     """Kernel objects for one sandbox run; :meth:`close` releases them."""
 
-    def __init__(self, plan: EnforcementPlan, terminal: str | None = None) -> None:
+    def __init__(
+        self,
+        plan: EnforcementPlan,
+        terminal: str | None = None,
+        rulesets: RulesetCache | None = None,
+    ) -> None:
         self.plan = plan
         #: The slave of the run's own pseudo-terminal (``pty``), by name.
         self.terminal = terminal
@@ -41,7 +99,10 @@ class Prepared:
                 import tempfile  # imported here: it costs the command line's start-up
 
                 self.tmpdir = tempfile.mkdtemp(prefix="stockade-tmp-")
-            self.ruleset_fd = build_ruleset(plan, self.tmpdir, terminal)
+            if rulesets is not None and rulesets.usable and terminal is None:
+                self.ruleset_fd = rulesets.get()
+            else:
+                self.ruleset_fd = build_ruleset(plan, self.tmpdir, terminal)
             self.filter = PreparedFilter(plan.filter_program)
             if plan.pids_cgroup_max is not None:
                 root = cgroup.pids_root()
