@@ -395,7 +395,8 @@ def _spare_main(
     child's rules.  Returns (to be ``_exit``ed) only when not exec'ing.
     """
     signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGCHLD, signal.SIGTERM):
+    # What Popen's child resets (SIGPIPE, SIGXFSZ), and the server's own.
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)
     # The server's death ends a waiting spare; ChildSetup sets it again.
     _ffi.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -427,7 +428,8 @@ def _spare_main(
     else:
         del guess
         req, named, setup, candidates = _prepare(got[0], got[1], err_w, server_pid, bounding_empty)
-    # What Popen's child does before its preexec_fn, in its order.
+    # What Popen's child does before its preexec_fn, in its order (the
+    # signal dispositions are reset already).
     try:
         for target, key in enumerate(("stdin", "stdout", "stderr")):
             if key in named:
@@ -439,8 +441,6 @@ def _spare_main(
             os.chdir(req.cwd)
         except OSError as err:
             _spare_fail(err_w, SPARE_CHDIR, err.errno)
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-        signal.signal(sig, signal.SIG_DFL)
     setup.run()
     # Only the process that returns from run() gets here.
     os.closerange(3, err_w)
