@@ -29,7 +29,8 @@ from stockade.plan.landlock import PathGrant
 class RulesetCache:
     """One plan's Landlock ruleset, built once and handed to each run as a
     duplicate, for plans whose ruleset is the same from run to run (no
-    private tmp, no tmpfs: those add a rule of their own per run).
+    private tmp, no tmpfs, no private root: those get rules of their own
+    per run, some added by the child).
 
     Landlock rules name inodes, not paths: before each run the grants are
     looked up again, and a path that now leads to another inode (or exists
@@ -38,7 +39,8 @@ class RulesetCache:
 
     def __init__(self, plan: EnforcementPlan) -> None:
         self.plan = plan
-        self.usable = not plan.policy.private_tmp and not plan.policy.tmpfs
+        policy = plan.policy
+        self.usable = not policy.private_tmp and not policy.tmpfs and policy.root is None
         self._lock = threading.Lock()
         self._fd = -1
         self._identity: list[tuple[int, int] | None] = []

@@ -194,7 +194,8 @@ class _State:
             unshare=frozenset(self.unshare),
             binds=tuple(self.binds),
             tmpfs=tuple(self.tmpfs),
-            **{key: tuple(items) for key, items in self.entries.items()},  # type: ignore[arg-type]  # entry keys are Policy fields
+            # Entry keys are Policy fields.
+            **{key: tuple(items) for key, items in self.entries.items()},
             cpus=tuple(sorted(self.cpus)),
             **self.scalars,  # keys are Policy fields, checked by set()
         )
