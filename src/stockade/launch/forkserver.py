@@ -36,7 +36,9 @@ Spares: forking is the slowest part of a start (the server is a whole
 interpreter), so the server forks one policy-free *spare* ahead of time.
 The spare closes what it inherited, resets its signals and waits on its
 own socket pair for one request.  A request goes to the waiting spare,
-and the server forks the next spare while this one sets up: the spare
+and the server forks the next spare while this one sets up; once a run
+has ended, it tells the waiting spare to build the setup of the last
+request ahead, for a request that repeats it.  The spare
 does what Popen's child does (stdio, working directory, signal
 dispositions), then :meth:`ChildSetup.run`, closes every other
 descriptor and execs, searching ``PATH`` as Popen does.  Whatever
@@ -78,6 +80,8 @@ SPARE_STDIO = 0x100
 SPARE_CHDIR = 0x101
 SPARE_EXEC = 0x102
 SPARE_SETUP = 0x103
+#: Tells a waiting spare to prepare the last request ahead (see _spare_main).
+PREPARE = b"prepare"
 #: Exit status of a spare that failed before or at exec.
 SPARE_FAILED = 127
 
@@ -97,6 +101,7 @@ class _Spare:
         self.pid = pid
         self.sock = sock
         self.err_r = err_r
+        self.told = False
 
     def close(self) -> None:
         self.sock.close()
@@ -123,7 +128,7 @@ class Server:
         self.sel.register(ctl, selectors.EVENT_READ, "ctl")
         self.sel.register(self._wake_r, selectors.EVENT_READ, "sigchld")
         self.spare: _Spare | None = None
-        #: The last request, for the next spare's rehearsal.
+        #: The last request, for the next spare to prepare ahead.
         self._sample: bytes | None = None
         # A spare is named from birth (the name is inherited), so that it
         # is never seen under the server's name: see _fork_spare.
@@ -276,6 +281,17 @@ class Server:
         os.close(err_w)
         self.spare = _Spare(pid, ours, err_r)
 
+    def _nudge(self) -> None:
+        """Let the waiting spare prepare the last request ahead, now that
+        a run has ended (one has just started, so another may follow)."""
+        spare = self.spare
+        if spare is not None and not spare.told and self._sample is not None:
+            spare.told = True
+            try:
+                spare.sock.sendmsg([PREPARE])
+            except OSError:
+                pass  # it died; the next request finds out
+
     def _take_spare(self) -> _Spare:
         """The waiting spare (forked now if there is none); it stops being
         the spare: the caller owns it."""
@@ -352,6 +368,7 @@ class Server:
                 run.returncode = code
                 # Stays registered: the host closes it once it has read this.
                 _reply(run.conn, ("exit", code))
+                self._nudge()
 
     def _kill_adopted(self, everything: bool = False) -> None:
         """Kill what was reparented to us: it outlived its command."""
@@ -410,17 +427,22 @@ def _spare_main(
     os.closerange(keep[1] + 1, os.sysconf("SC_OPEN_MAX"))
     gc.disable()
     guess = None
-    if sample is not None:
-        # Prepared ahead, while nobody waits, on the guess that the next
-        # request repeats the last one (a program run again and again): its
-        # descriptors will arrive under the lowest free numbers.  A request
-        # that differs gets its own preparation, after all the faster for
-        # the copy-on-write faults this one took.
-        count = len(Request(**loads(sample)).fds) - 1
-        free = (fd for fd in range(3, 3 + count + 2) if fd not in (sock_fd, err_w))
-        predicted = [next(free) for _ in range(count)]
-        guess = (predicted, _prepare(sample, predicted, err_w, server_pid, bounding_empty))
-    got = recv_raw(_socket.socket(fileno=sock_fd))
+    sock = _socket.socket(fileno=sock_fd)
+    got = recv_raw(sock)
+    if got is not None and got[0] == PREPARE:
+        if sample is not None:
+            # Prepared ahead, when the server says nobody waits (this spare
+            # was forked while a run was starting: doing it then would slow
+            # that run), on the guess that the next request repeats the
+            # last one (a program run again and again): its descriptors
+            # will arrive under the lowest free numbers.  A request that
+            # differs gets its own preparation, after all the faster for
+            # the copy-on-write faults this one took.
+            count = len(Request(**loads(sample)).fds) - 1
+            free = (fd for fd in range(3, 3 + count + 2) if fd not in (sock_fd, err_w))
+            predicted = [next(free) for _ in range(count)]
+            guess = (predicted, _prepare(sample, predicted, err_w, server_pid, bounding_empty))
+        got = recv_raw(sock)
     if got is None:
         return 0
     if guess is not None and got[0] == sample and got[1] == guess[0]:
