@@ -216,7 +216,7 @@ def _own_terminal_only(grant: PathGrant, terminal: str) -> PathGrant:
     would let it open its user's terminal by name and read the keys typed
     there.  Landlock only adds rights, so the tree becomes the one file."""
     if grant.tree and grant.path.rstrip("/") == "/dev/pts":
-        from dataclasses import replace
+        from stockade._record import replace
 
         return replace(grant, path=terminal, tree=False)
     return grant
