@@ -30,7 +30,8 @@ class RulesetCache:
     """One plan's Landlock ruleset, built once and handed to each run as a
     duplicate, for plans whose ruleset is the same from run to run (no
     private tmp, no tmpfs, no private root: those get rules of their own
-    per run, some added by the child).
+    per run, some added by the child; and a run on its own terminal gets
+    its own, see :class:`Prepared`).
 
     Landlock rules name inodes, not paths: before each run the grants are
     looked up again, and a path that now leads to another inode (or exists
