@@ -146,6 +146,9 @@ class Sandbox:
         unshare: Iterable[str] | str = (),
         map_root: bool = False,
         hostname: str | None = None,
+        domainname: str | None = None,
+        time_offset: int | str | Mapping[str, int] | None = None,
+        proc_subset_pid: bool = False,
         no_net: bool = False,
         binds: Iterable[str] = (),
         tmpfs: Iterable[str] = (),
@@ -196,6 +199,8 @@ class Sandbox:
                 "cwd": cwd,
                 "hostname": hostname,
                 "root": os.fspath(root) if root is not None else None,
+                "domainname": domainname,
+                "time_offset": time_offset,
                 "unshare": (unshare if isinstance(unshare, str) else list(unshare)) or None,
             }
             for key, value in items.items():
@@ -203,7 +208,8 @@ class Sandbox:
                     b.set(key, value)
             if clean_env:
                 b.set("clean_env", True)
-            flags = (("no_aslr", no_aslr), ("map_root", map_root), ("no_net", no_net), ("pty", pty))
+            flags = (("no_aslr", no_aslr), ("map_root", map_root), ("no_net", no_net), ("pty", pty),
+                     ("proc_subset_pid", proc_subset_pid))  # fmt: skip
             for flag, on in flags:
                 if on:
                     b.set(flag, True)

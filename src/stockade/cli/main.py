@@ -134,6 +134,19 @@ def _add_run(sub: Any) -> None:
         "--tmpfs", action="append", default=[], metavar="DST", help="a fresh tmpfs at DST"
     )
     run.add_argument("--hostname", metavar="NAME", help="hostname in a private UTS namespace")
+    run.add_argument(
+        "--domainname", metavar="NAME", help="NIS domain name in a private UTS namespace"
+    )
+    run.add_argument(
+        "--time-offset",
+        metavar="SECONDS|monotonic=S,boottime=S",
+        help="shift the monotonic and boot-time clocks in a private time namespace",
+    )
+    run.add_argument(
+        "--proc-subset-pid",
+        action="store_true",
+        help="the pid namespace's /proc shows only process directories",
+    )
     run.add_argument("-m", "--memory", metavar="SIZE", help="memory limit (512M, 2G)")
     run.add_argument("-P", "--max-procs", metavar="N", help="limit on processes and threads")
     run.add_argument(

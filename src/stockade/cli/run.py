@@ -60,6 +60,8 @@ def build_policy(args: argparse.Namespace) -> Any:
         "cwd": args.cwd,
         "root": args.root,
         "hostname": args.hostname,
+        "domainname": args.domainname,
+        "time_offset": args.time_offset,
         "log": args.log,
         "ipc": args.ipc,
         "unshare": args.unshare,
@@ -67,7 +69,8 @@ def build_policy(args: argparse.Namespace) -> Any:
     for key, value in scalars.items():
         if value is not None:
             b.set(key, value)
-    for key in ("no_net", "map_root", "clean_env", "lock", "pty", "no_aslr", "no_thp"):
+    for key in ("no_net", "map_root", "clean_env", "lock", "pty", "no_aslr", "no_thp",
+                "proc_subset_pid"):  # fmt: skip
         if getattr(args, key):
             b.set(key, True)
     if args.cpus:

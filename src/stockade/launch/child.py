@@ -54,6 +54,7 @@ from typing import Any
 from stockade.kernel import _ffi
 from stockade.kernel.landlock import LANDLOCK_RULE_PATH_BENEATH, PathBeneathAttr
 from stockade.kernel.seccomp import SECCOMP_SET_MODE_FILTER, PreparedFilter
+from stockade.launch.pidns import STEP_PID_INIT, STEP_PROC, PidNamespaceInit
 
 # Step numbers sent over the error pipe, and their names for messages.
 STEP_SETSID = 1
@@ -84,6 +85,8 @@ STEP_ROOT_MOUNT = 25
 STEP_PIVOT = 26
 STEP_ROOT_CWD = 27
 STEP_CTTY = 30
+STEP_TIME_OFFSETS = 31
+STEP_DOMAINNAME = 32
 
 STEP_NAMES = {
     STEP_SETSID: "setsid",
@@ -114,6 +117,10 @@ STEP_NAMES = {
     STEP_PIVOT: "pivot_root into the private root",
     STEP_ROOT_CWD: "entering the working directory (--cwd) inside the private root",
     STEP_CTTY: "ioctl(TIOCSCTTY): taking the new pseudo-terminal as controlling terminal",
+    STEP_TIME_OFFSETS: "writing the time namespace's offsets (--time-offset)",
+    STEP_DOMAINNAME: "setdomainname",
+    STEP_PID_INIT: "starting the pid namespace's init",
+    STEP_PROC: "mounting the private /proc",
 }
 #: Steps whose index names an entry of ``mounts``.
 _MOUNT_STEPS = (STEP_BIND, STEP_ROOT_SOURCE, STEP_ROOT_MAKE, STEP_ROOT_MOUNT)
@@ -146,13 +153,20 @@ CLONE_NEWNET = 0x40000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWNS = 0x00020000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWTIME = 0x00000080
 NAMESPACE_FLAGS = {
     "user": CLONE_NEWUSER,
     "mount": CLONE_NEWNS,
     "net": CLONE_NEWNET,
     "uts": CLONE_NEWUTS,
     "ipc": CLONE_NEWIPC,
+    "pid": CLONE_NEWPID,
+    "cgroup": CLONE_NEWCGROUP,
+    "time": CLONE_NEWTIME,
 }
+SYS_setdomainname = 171
 AF_INET = 2
 SOCK_DGRAM = 2
 SOCK_CLOEXEC = 0o2000000
@@ -294,6 +308,12 @@ class ChildSetup:
         id_maps: tuple[bytes, bytes] | None = None,
         loopback: bool = False,
         hostname: str | None = None,
+        domainname: str | None = None,
+        time_offsets: tuple[int, int] | None = None,
+        proc: bool = False,
+        proc_subset_pid: bool = False,
+        proc_rights: int = 0,
+        init_landlock: tuple[int, int, int, int] | None = None,
         masks: tuple[tuple[bytes, bool], ...] = (),
         mounts: tuple[tuple[Any, ...], ...] = (),
         tmpfs_rights: int = 0,
@@ -342,7 +362,31 @@ class ChildSetup:
             ctypes.memmove(ctypes.addressof(self._ifreq) + 16, IFF_UP.to_bytes(2, "little"), 2)
         # Masks: (path, is_dir).  A read-only, nosuid, nodev, noexec clone of
         # a mode-000 directory or file from a private tmpfs goes over each.
+        # Those under /proc go over the private /proc once it is mounted
+        # (by the pid namespace's init): the host's would be hidden by it.
         self._masks = masks
+        self._proc_masks: tuple[tuple[bytes, bool], ...] = ()
+        if proc:
+            self._masks = tuple(m for m in masks if not _under_proc(m[0]))
+            self._proc_masks = tuple(m for m in masks if _under_proc(m[0]))
+        self._mask_index = {path: i for i, (path, _d) in enumerate(masks)}
+        self._domainname = None
+        if domainname is not None:
+            encoded = domainname.encode()
+            self._domainname = (ctypes.create_string_buffer(encoded, len(encoded)), len(encoded))
+        self._time_offsets = None
+        if time_offsets is not None:
+            self._time_offsets = (
+                f"monotonic {time_offsets[0]} 0\nboottime {time_offsets[1]} 0\n".encode()
+            )
+        self._pidns: PidNamespaceInit | None = None
+        if flags & CLONE_NEWPID:
+            self._pidns = PidNamespaceInit(
+                proc=proc,
+                proc_subset_pid=proc_subset_pid,
+                proc_rights=proc_rights,
+                init_landlock=init_landlock,
+            )
         # Binds and tmpfs mounts: (source or b"" for a tmpfs, target, readonly).
         self._mounts = mounts
         # A tmpfs root exists only once mounted: its Landlock rule is added
@@ -420,6 +464,9 @@ class ChildSetup:
                 self._fail(STEP_CGROUP, err.errno or 5)
         if self._unshare_flags:
             self._enter_namespaces()
+        if self._pidns is not None:
+            # Returns only in the command, inside the new pid namespace.
+            self._pidns.start(self)
         for resource, ref, _keep in self._rlimits:
             self._sys(STEP_RLIMIT, SYS_prlimit64, c_long(0), resource, ref, None)
         if self._personality is not None:
@@ -460,6 +507,10 @@ class ChildSetup:
                     os.close(fd)
             except OSError as err:
                 self._fail(STEP_IDMAP, err.errno or 5)
+        if self._time_offsets is not None:
+            # Only until a process enters the new time namespace: the init,
+            # forked later, is the first.
+            self._write_proc(STEP_TIME_OFFSETS, b"/proc/self/timens_offsets", self._time_offsets)
         if self._ifreq is not None:
             sock = self._sys(STEP_LOOPBACK, SYS_socket, c_long(AF_INET),
                              c_long(SOCK_DGRAM | SOCK_CLOEXEC), c_long(0))  # fmt: skip
@@ -468,6 +519,9 @@ class ChildSetup:
         if self._hostname is not None:
             buf, length = self._hostname
             self._sys(STEP_HOSTNAME, SYS_sethostname, buf, c_long(length))
+        if self._domainname is not None:
+            buf, length = self._domainname
+            self._sys(STEP_DOMAINNAME, SYS_setdomainname, buf, c_long(length))
         if self._unshare_flags & CLONE_NEWNS:
             # Nothing mounted here may propagate back to the host.
             self._sys(STEP_MOUNT_PRIVATE, SYS_mount, None, b"/", None,
@@ -477,7 +531,22 @@ class ChildSetup:
         elif self._mounts:
             self._mount_binds()
         if self._masks:
-            self._mount_masks()
+            self._mount_masks(self._masks)
+
+    def _write_proc(self, step: int, path: bytes, content: bytes) -> None:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, content)
+            finally:
+                os.close(fd)
+        except OSError as err:
+            self._fail(step, err.errno or 5)
+
+    def _after_proc(self) -> None:
+        """In the pid namespace's init, once the private /proc is mounted."""
+        if self._proc_masks:
+            self._mount_masks(self._proc_masks)
 
     def _open_nofollow(self, step: int, path: bytes, index: int) -> int:
         return self._sys(step, SYS_openat2, ctypes.c_long(-100), path,
@@ -757,7 +826,7 @@ class ChildSetup:
         if d != self._root_fd:
             self._syscall(c_long(SYS_close), c_long(d))
 
-    def _mount_masks(self) -> None:
+    def _mount_masks(self, masks: tuple[tuple[bytes, bool], ...]) -> None:
         c_long = ctypes.c_long
         step = STEP_MASK_STAGING
         fs = self._sys(step, SYS_fsopen, b"tmpfs", c_long(FSOPEN_CLOEXEC))
@@ -768,7 +837,8 @@ class ChildSetup:
         f = self._sys(step, SYS_openat, c_long(root), b"f",
                       c_long(O_CREAT | O_WRONLY | O_CLOEXEC), c_long(0))  # fmt: skip
         self._syscall(c_long(SYS_close), c_long(f))
-        for index, (path, is_dir) in enumerate(self._masks):
+        for path, is_dir in masks:
+            index = self._mask_index[path]
             tree = self._sys(STEP_MASK, SYS_open_tree, c_long(root), b"d" if is_dir else b"f",
                              c_long(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC), index=index)  # fmt: skip
             self._sys(STEP_MASK, SYS_mount_setattr, c_long(tree), b"", c_long(AT_EMPTY_PATH),
@@ -786,6 +856,10 @@ class ChildSetup:
             self._syscall(c_long(SYS_close), c_long(target))
         self._syscall(c_long(SYS_close), c_long(root))
         self._syscall(c_long(SYS_close), c_long(fs))
+
+
+def _under_proc(path: bytes) -> bool:
+    return path == b"/proc" or path.startswith(b"/proc/")
 
 
 def read_record(fd: int) -> bytes:

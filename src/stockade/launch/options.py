@@ -42,6 +42,12 @@ def child_options(plan: EnforcementPlan, terminal: str | None = None) -> dict[st
         "id_maps": id_maps,
         "loopback": plan.loopback,
         "hostname": policy.hostname,
+        "domainname": policy.domainname,
+        "time_offsets": policy.time_offset if "time" in plan.namespaces else None,
+        "proc": "pid" in plan.namespaces,
+        "proc_subset_pid": policy.proc_subset_pid,
+        "proc_rights": plan.proc_rights,
+        "init_landlock": init_landlock(plan.landlock.abi) if "pid" in plan.namespaces else None,
         "masks": resolve_masks(plan),
         "mounts": resolve_mounts(plan) if policy.root is None else (),
         "tmpfs_rights": plan.tmpfs_rights,
@@ -49,6 +55,24 @@ def child_options(plan: EnforcementPlan, terminal: str | None = None) -> dict[st
         # stdin is then the slave of a pseudo-terminal made for this run.
         "controlling_tty": policy.pty,
     }
+
+
+def init_landlock(abi: int) -> tuple[int, int, int, int]:
+    """The Landlock ruleset a pid namespace's init confines itself with:
+    every filesystem and TCP right handled, none granted, abstract UNIX
+    sockets scoped; signals not scoped (the init forwards them to the
+    command, whose domain is not beneath its own).  As ``(fs, net, scoped,
+    size of the attr struct for this ABI)``."""
+    from stockade.kernel.landlock import (
+        Scope,
+        fs_rights_for_abi,
+        net_rights_for_abi,
+        scopes_for_abi,
+    )
+
+    scoped = scopes_for_abi(abi) & Scope.ABSTRACT_UNIX_SOCKET
+    size = 24 if abi >= 6 else 16 if abi >= 4 else 8
+    return int(fs_rights_for_abi(abi)), int(net_rights_for_abi(abi)), int(scoped), size
 
 
 def resolve_mounts(plan: EnforcementPlan) -> tuple[tuple[bytes, bytes, bool], ...]:
@@ -60,6 +84,15 @@ def resolve_mounts(plan: EnforcementPlan) -> tuple[tuple[bytes, bytes, bool], ..
     out: list[tuple[bytes, bytes, bool]] = []
     for bind in policy.binds:
         src, dst = os.path.realpath(bind.src), os.path.realpath(bind.dst)
+        if src == "/proc" or src.startswith("/proc/"):
+            # The host's processes, seen from wherever it lands; a procfs is
+            # only ever the private one of a pid namespace, at /proc.
+            raise PolicyError(
+                f"{bind.src} is in /proc: a procfs is never bound elsewhere "
+                "(--unshare pid gives the sandbox a /proc of its own)",
+                "policy",
+                f"--bind {bind}",
+            )
         src_st, dst_st = _stat(src, f"--bind {bind}"), _stat(dst, f"--bind {bind}")
         if stat.S_ISDIR(src_st.st_mode) != stat.S_ISDIR(dst_st.st_mode):
             raise PolicyError(

@@ -85,6 +85,9 @@ class EnforcementPlan:
     #: Under ``root = "tmpfs"``: what the access rules bind into it (see
     #: :mod:`stockade.plan.rootfs`).
     root_binds: tuple[Bind, ...] = ()
+    #: Landlock rights the policy grants on ``/proc``, given again on the
+    #: private procfs the pid namespace's init mounts there.
+    proc_rights: int = 0
 
 
 def compile_plan(policy: Policy, facts: KernelFacts) -> EnforcementPlan:
@@ -123,6 +126,9 @@ def compile_plan(policy: Policy, facts: KernelFacts) -> EnforcementPlan:
                 "see 'stockade check'",
             )
         namespaces |= {"mount"} if facts.privileged else {"mount", "user"}
+    proc_rights = 0
+    if "pid" in namespaces:
+        proc_rights = _proc_rights(landlock)
     deny_tcp = facts.landlock_abi < 4 and not (net.connect_all and net.bind_all)
     spec = FilterSpec(
         allow_udp=net.allow_udp,
@@ -140,6 +146,9 @@ def compile_plan(policy: Policy, facts: KernelFacts) -> EnforcementPlan:
         limits[resource.RLIMIT_DATA] = (policy.memory, policy.memory)
     pids_max: int | None = None
     if policy.max_procs is not None:
+        # In a pid namespace the stub outside and the init count too, and
+        # max_procs is about the command's processes.
+        extra = PID_NAMESPACE_PROCESSES if "pid" in namespaces else 0
         # RLIMIT_NPROC never binds uid 0 (a user namespace that maps it does
         # not change that).  For others it counts the processes of the user
         # in the sandbox's user namespace: only the sandbox's when it has
@@ -151,9 +160,9 @@ def compile_plan(policy: Policy, facts: KernelFacts) -> EnforcementPlan:
                     "a writable pids cgroup (cgroup v1 pids controller or cgroup v2)",
                     "RLIMIT_NPROC never limits uid 0",
                 )
-            pids_max = policy.max_procs
+            pids_max = policy.max_procs + extra
         else:
-            limits[resource.RLIMIT_NPROC] = (policy.max_procs, policy.max_procs)
+            limits[resource.RLIMIT_NPROC] = (policy.max_procs + extra, policy.max_procs + extra)
     for rl in policy.rlimits:
         number = RLIMIT_BY_NAME[rl.name]
         soft = RLIM_INFINITY if rl.soft is None else rl.soft
@@ -176,20 +185,48 @@ def compile_plan(policy: Policy, facts: KernelFacts) -> EnforcementPlan:
         if policy.tmpfs or policy.root is not None
         else 0,
         root_binds=binds,
+        proc_rights=proc_rights,
     )
 
 
-#: Namespaces the child can enter by itself, in one unshare(2).  pid needs
-#: an init; cgroup and time come with it.  A mount namespace carries masks,
-#: binds and a private root.
-SUPPORTED_NAMESPACES = frozenset({"user", "mount", "net", "uts", "ipc"})
+#: Processes a pid namespace adds beside the command: the stub that stays
+#: outside, and the init.
+PID_NAMESPACE_PROCESSES = 2
+
+
+def _proc_rights(landlock: LandlockPlan) -> int:
+    """What the policy grants on the whole of ``/proc``.  Grants beneath it
+    name the host's procfs, which the private one hides; they grant nothing
+    inside a pid namespace."""
+    rights = 0
+    for grant in landlock.grants:
+        if grant.tree and grant.path.rstrip("/") == "/proc":
+            rights |= int(grant.rights)
+    return rights & int(landlock.handled_fs)
+
+
+#: Namespaces the child enters, in one unshare(2).  A mount namespace
+#: carries masks, binds and a private root; pid and time namespaces are
+#: entered by the child's own children (see stockade.launch.pidns).
+SUPPORTED_NAMESPACES = frozenset({"user", "mount", "net", "uts", "ipc", "pid", "cgroup", "time"})
 
 
 def _namespaces(policy: Policy, facts: KernelFacts) -> frozenset[str]:
     """The namespaces *policy* asks for, with what they imply."""
     wanted = set(policy.unshare)
-    if policy.hostname is not None:
+    if policy.hostname is not None or policy.domainname is not None:
         wanted.add("uts")
+    if policy.time_offset is not None:
+        wanted.add("time")
+    if policy.proc_subset_pid:
+        wanted.add("pid")
+    if "time" in wanted:
+        # Only a child of the unsharer enters a time namespace: stockade's
+        # is the init of a pid namespace.
+        wanted.add("pid")
+    if "pid" in wanted:
+        # The private /proc needs a mount namespace to be mounted in.
+        wanted.add("mount")
     if policy.no_net:
         wanted.add("net")
     if policy.map_root:
@@ -197,8 +234,8 @@ def _namespaces(policy: Policy, facts: KernelFacts) -> frozenset[str]:
     missing = wanted - SUPPORTED_NAMESPACES
     if missing:
         raise PolicyError(
-            f"{', '.join(sorted(missing))} namespaces need the rest of the namespace layer, "
-            "which this release does not have yet; user, mount, net, uts and ipc work",
+            f"unknown namespaces {', '.join(sorted(missing))}; expected "
+            f"{', '.join(sorted(SUPPORTED_NAMESPACES))}",
             "policy",
             "unshare",
         )

@@ -120,6 +120,9 @@ SCALAR_OPTIONS: tuple[str, ...] = (
     "symlink",
     "link",
     "hostname",
+    "domainname",
+    "time_offset",
+    "proc_subset_pid",
     "memory",
     "max_procs",
     "timeout",
@@ -161,7 +164,16 @@ _DENY = (
 )
 
 _BOOL_OPTIONS = frozenset(
-    {"no_net", "map_root", "clean_env", "pty", "no_aslr", "no_thp", "private_tmp"}
+    {
+        "no_net",
+        "map_root",
+        "clean_env",
+        "pty",
+        "no_aslr",
+        "no_thp",
+        "private_tmp",
+        "proc_subset_pid",
+    }
 )
 
 # sun_path is 108 bytes; a path needs its terminating NUL, and an abstract
@@ -169,6 +181,18 @@ _BOOL_OPTIONS = frozenset(
 _SUN_PATH_MAX = 107
 # The kernel's __NEW_UTS_LEN.
 _HOSTNAME_MAX = 64
+# The clocks a time namespace offsets, in the order Policy.time_offset keeps.
+_TIME_CLOCKS = ("monotonic", "boottime")
+# 31 years: beyond any uptime, within the kernel's KTIME_SEC_MAX / 2 (4.6e9).
+_TIME_OFFSET_MAX = 10**9
+
+
+def _int_text(text: str) -> object:
+    """An integer written in *text*, or the text itself (refused later)."""
+    try:
+        return int(text, 10)
+    except ValueError:
+        return text
 
 
 @record()
@@ -602,7 +626,41 @@ class PolicyBuilder:
 
         self._effects.append(effect)
 
-    def _set_hostname(self, key: str, value: object) -> None:
+    def _set_domainname(self, key: str, value: object) -> None:
+        self._set_hostname(key, value, "domain name")
+
+    def _set_time_offset(self, key: str, value: object) -> None:
+        expected = (
+            "expected SECONDS (both clocks) or monotonic=SECONDS,boottime=SECONDS, "
+            f"whole seconds within +-{_TIME_OFFSET_MAX}"
+        )
+        offsets: dict[str, object] = {}
+        if isinstance(value, int) and not isinstance(value, bool):
+            offsets = dict.fromkeys(_TIME_CLOCKS, value)
+        elif isinstance(value, (list, tuple)) and len(value) == len(_TIME_CLOCKS):
+            offsets = dict(zip(_TIME_CLOCKS, value, strict=True))
+        elif isinstance(value, Mapping):
+            offsets = {str(k): v for k, v in value.items()}
+        elif isinstance(value, str) and "=" not in value:
+            offsets = dict.fromkeys(_TIME_CLOCKS, _int_text(value.strip()))
+        elif isinstance(value, str):
+            for part in value.split(","):
+                name, _, number = part.partition("=")
+                if name.strip() in offsets:
+                    raise self._error(key, f"{name.strip()} given twice in {value!r}")
+                offsets[name.strip()] = _int_text(number.strip())
+        else:
+            raise self._error(key, f"{expected} (got {value!r})")
+        unknown = set(offsets) - set(_TIME_CLOCKS)
+        if unknown:
+            raise self._error(key, f"unknown clock {sorted(unknown)[0]!r} in {value!r}; {expected}")
+        numbers = [offsets.get(clock, 0) for clock in _TIME_CLOCKS]
+        for n in numbers:
+            if not isinstance(n, int) or isinstance(n, bool) or abs(n) > _TIME_OFFSET_MAX:
+                raise self._error(key, f"{expected} (got {value!r})")
+        self._scalar(key, (numbers[0], numbers[1]))
+
+    def _set_hostname(self, key: str, value: object, what: str = "hostname") -> None:
         if (
             not isinstance(value, str)
             or not 0 < len(value.encode("utf-8", "surrogateescape")) <= _HOSTNAME_MAX
@@ -611,7 +669,7 @@ class PolicyBuilder:
         ):
             raise self._error(
                 key,
-                f"expected a hostname of 1 to {_HOSTNAME_MAX} printable characters "
+                f"expected a {what} of 1 to {_HOSTNAME_MAX} printable characters "
                 f"without spaces (got {value!r})",
             )
         self._scalar(key, value)
@@ -677,6 +735,8 @@ class PolicyBuilder:
         "tmpfs": _set_tmpfs,
         **dict.fromkeys(("mkdir", "mkfile", "mkfifo", "symlink", "link"), _set_entry),
         "hostname": _set_hostname,
+        "domainname": _set_domainname,
+        "time_offset": _set_time_offset,
         "cwd": _set_cwd,
         "log": _set_log,
         "ipc": _set_ipc,

@@ -179,7 +179,15 @@ class Policy:
     symlink: tuple[tuple[str, str], ...] = ()
     link: tuple[tuple[str, str], ...] = ()
     hostname: str | None = None
+    #: NIS domain name inside a private UTS namespace (``--domainname``).
+    domainname: str | None = None
     no_net: bool = False
+    #: ``(monotonic, boottime)`` offsets in seconds of a private time
+    #: namespace (``--time-offset``).
+    time_offset: tuple[int, int] | None = None
+    #: The private /proc of a pid namespace shows only the process
+    #: directories (procfs ``subset=pid``): no /proc/sys, /proc/kcore...
+    proc_subset_pid: bool = False
 
     # Process hardening knobs.
     no_aslr: bool = False
