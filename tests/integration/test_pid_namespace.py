@@ -81,7 +81,7 @@ def test_the_command_is_pid_2_and_sees_only_its_own_processes() -> None:
 
 
 def test_ps_lists_only_the_sandbox() -> None:
-    sb = stockade.Sandbox(read=SYSTEM + ["/proc"], unshare=["pid"])
+    sb = stockade.Sandbox(read=[*SYSTEM, "/proc"], unshare=["pid"])
     res = sb.run(["/bin/sh", "-c", "ps -e -o pid=,comm="], capture=True, timeout=60)
     assert res.returncode == 0, res.stderr
     rows = [line.split() for line in res.stdout.decode().splitlines()]
@@ -185,8 +185,9 @@ def test_exit_status_is_preserved(script: str, api: int, cli: int) -> None:
 HANDLER = """
 import signal, sys, time
 def on(sig, _frame):
-    print("got", signal.Signals(sig).name, flush=True)
-    sys.exit(7)
+    # os.write: the signal may land while print() is still flushing "ready".
+    os.write(1, f"got {signal.Signals(sig).name}\n".encode())
+    os._exit(7)
 for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
     signal.signal(s, on)
 print("ready", os.getpid(), flush=True)
@@ -478,7 +479,7 @@ def test_bad_values_are_policy_errors(kwargs: dict[str, object], key: str) -> No
 def test_cli_and_toml_take_the_same_options(workdir: Path) -> None:
     policy = workdir / "p.toml"
     policy.write_text(
-        f'read = {SYSTEM + ["/proc"]!r}\n'.replace("'", '"')
+        f"read = {[*SYSTEM, '/proc']!r}\n".replace("'", '"')
         + 'domainname = "toml.example"\ntime_offset = "boottime=5000"\nproc_subset_pid = true\n'
     )
     script = "domainname; ls /proc | grep sys | wc -l"
@@ -515,4 +516,3 @@ def test_unprivileged_callers_get_a_user_namespace_with_it() -> None:
         assert v["uid_map"]["value"] == [str(os.getuid()), str(os.getuid()), "1"]
     else:
         assert v["uid_map"]["value"][:2] == ["0", "0"]
-
