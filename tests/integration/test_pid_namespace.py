@@ -186,7 +186,7 @@ HANDLER = """
 import signal, sys, time
 def on(sig, _frame):
     # os.write: the signal may land while print() is still flushing "ready".
-    os.write(1, f"got {signal.Signals(sig).name}\n".encode())
+    os.write(1, f"got {signal.Signals(sig).name}\\n".encode())
     os._exit(7)
 for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
     signal.signal(s, on)
