@@ -1,8 +1,9 @@
 """Start-up cost of each namespace, as ratios to a run without namespaces.
 
 Runs ``Sandbox.run(['/bin/true'])`` through the fork server with each
-namespace stockade supports (and all of them together, a mount mask, and a
-private tmpfs root with the system directories bound in and its /dev),
+namespace stockade supports (``--unshare all``, all of them with every
+option that configures one, a mount mask, and a private tmpfs root with
+the system directories bound in and its /dev),
 alternating the variants rep by rep so that drift hits all of them, and
 prints medians, ratios to the plain run and the milliseconds added.
 
@@ -34,10 +35,15 @@ VARIANTS: dict[str, dict[str, object]] = {
     "mount": {"unshare": ["mount"]},
     "mask (--deny /etc/shadow)": {"deny": ["/etc/shadow"]},
     "root tmpfs (5 binds, /dev, pivot_root)": {"root": "tmpfs"},
+    "cgroup": {"unshare": ["cgroup"]},
+    "pid (init, private /proc)": {"unshare": ["pid"]},
+    "time (--time-offset, with pid)": {"time_offset": 3600},
+    "--unshare all": {"unshare": "all"},
     "all of them": {
-        "unshare": ["user", "mount", "ipc"],
+        "unshare": "all",
         "hostname": "bench",
-        "no_net": True,
+        "domainname": "bench",
+        "time_offset": 3600,
         "deny": ["/etc/shadow"],
     },
     "all of them + root tmpfs": {

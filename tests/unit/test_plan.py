@@ -263,3 +263,43 @@ def test_pty_is_planned_and_reaches_the_child_options() -> None:
     assert child_options(compile_plan(policy(*BASIC), facts()))["controlling_tty"] is False
     # The filter is the same program: TIOCSTI stays refused on every fd.
     assert plan.filter_program == compile_plan(policy(*BASIC), facts()).filter_program
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"unshare": ["pid"]}, {"pid", "mount", "user"}),
+        ({"unshare": ["time"]}, {"time", "pid", "mount", "user"}),
+        ({"time_offset": 5}, {"time", "pid", "mount", "user"}),
+        ({"proc_subset_pid": True}, {"pid", "mount", "user"}),
+        ({"domainname": "d"}, {"uts", "user"}),
+        ({"unshare": ["cgroup"]}, {"cgroup", "user"}),
+        ({"unshare": "all"}, {"user", "mount", "pid", "net", "uts", "ipc", "cgroup", "time"}),
+    ],
+)
+def test_options_bring_the_namespaces_they_need(
+    options: dict[str, object], expected: set[str]
+) -> None:
+    assert compile_plan(policy(*BASIC, **options), facts()).namespaces == expected
+    # Root needs no user namespace unless it asks for one (all does).
+    root = compile_plan(policy(*BASIC, **options), facts(privileged=True))
+    assert root.namespaces == expected - ({"user"} if options.get("unshare") != "all" else set())
+
+
+def test_a_pid_namespace_regrants_proc_and_counts_its_two_processes() -> None:
+    import resource
+
+    plan = compile_plan(
+        policy(*BASIC, "allow/read+/proc/***", unshare=["pid"], max_procs=10), facts()
+    )
+    assert plan.proc_rights and plan.proc_rights & int(AccessFs.READ_FILE)
+    assert not plan.proc_rights & int(AccessFs.WRITE_FILE)
+    limits = {res: soft for res, soft, _ in plan.rlimits}
+    assert limits[resource.RLIMIT_NPROC] == 12
+    root = compile_plan(
+        policy(*BASIC, unshare=["pid"], max_procs=10), facts(privileged=True, cgroup_pids=True)
+    )
+    assert root.pids_cgroup_max == 12 and root.proc_rights == 0
+    # Grants beneath /proc name the host's procfs: nothing to regrant.
+    sub = compile_plan(policy(*BASIC, "allow/read+/proc/self/***", unshare=["pid"]), facts())
+    assert sub.proc_rights == 0

@@ -333,6 +333,14 @@ def test_binds_and_tmpfs() -> None:
         ("bind", Bind("/a:b", "/c"), "paths cannot contain ':'"),
         ("hostname", "a b", "test: hostname: expected a hostname of 1 to 64"),
         ("hostname", "x" * 65, "test: hostname: expected a hostname of 1 to 64"),
+        ("domainname", "a b", "test: domainname: expected a domain name of 1 to 64"),
+        ("time_offset", "1.5", "test: time_offset: expected SECONDS (both clocks) or"),
+        ("time_offset", "wall=3", "test: time_offset: unknown clock 'wall'"),
+        ("time_offset", "boottime=1,boottime=2", "test: time_offset: boottime given twice"),
+        ("time_offset", 10**10, "whole seconds within +-1000000000"),
+        ("time_offset", [1], "test: time_offset: expected SECONDS"),
+        ("time_offset", {"monotonic": "x"}, "test: time_offset: expected SECONDS"),
+        ("proc_subset_pid", 1, "test: proc_subset_pid: expected true or false (got 1)"),
         ("ipc", "/" + "s" * 200, "expected at most 107"),
         ("ipc", "@", "expected @NAME"),
         ("lock", "yes", "test: lock: expected true, false or \"exec\" (got 'yes')"),
@@ -444,3 +452,18 @@ def test_deny_bad_glob_is_an_error_not_a_silent_literal() -> None:
         PolicyError, match=re.escape("test: deny: bad pattern '/data/[x': unclosed")
     ):
         PolicyBuilder("test").deny("/data/[x")
+
+
+@pytest.mark.parametrize(
+    ("value", "offsets"),
+    [
+        (3600, (3600, 3600)),
+        ("-20", (-20, -20)),
+        ("monotonic=5", (5, 0)),
+        ("boottime=7, monotonic=-3", (-3, 7)),
+        ({"boottime": 9}, (0, 9)),
+        ([1, 2], (1, 2)),
+    ],
+)
+def test_time_offset_forms(value: object, offsets: tuple[int, int]) -> None:
+    assert PolicyBuilder("test").set("time_offset", value).build().time_offset == offsets
