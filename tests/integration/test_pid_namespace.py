@@ -43,6 +43,14 @@ def host_processes(token: str) -> list[int]:
     return found
 
 
+def wait_count(token: str, count: int, timeout: float = 10) -> int:
+    """Wait until *count* processes carry *token* (exec may lag "ready")."""
+    deadline = time.monotonic() + timeout
+    while len(found := host_processes(token)) != count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return len(found)
+
+
 def wait_gone(token: str, timeout: float = 10) -> list[int]:
     deadline = time.monotonic() + timeout
     while True:
@@ -269,11 +277,15 @@ if sys.argv[2] == "sleep":
 def test_timeout_kills_every_process_in_the_namespace() -> None:
     token = f"stockade-{secrets.token_hex(6)}"
     sb = stockade.Sandbox(read=SYSTEM, unshare=["pid"], timeout=3)
-    with sb.popen([PROBE_PY, "-c", DAEMON, token, "sleep"], stdout=subprocess.PIPE) as proc:
+    proc = sb.popen([PROBE_PY, "-c", DAEMON, token, "sleep"], stdout=subprocess.PIPE)
+    try:
         assert proc.stdout is not None
         assert proc.stdout.readline() == b"ready\n"
-        assert len(host_processes(token)) == 2
+        assert wait_count(token, 2) == 2
+    finally:
         proc.kill()  # the stub outside: the init follows it, and the namespace the init
+        proc.wait()
+        proc.stdout.close()
     assert wait_gone(token) == []
     res = sb.run([PROBE_PY, "-c", DAEMON, token, "sleep"], capture=True)
     assert res.timed_out
@@ -309,7 +321,7 @@ def test_cli_killed_ends_every_process_in_the_namespace() -> None:
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline() == "ready\n"
-        assert len(host_processes(token)) == 2
+        assert wait_count(token, 2) == 2
         proc.kill()
         proc.wait()
         assert wait_gone(token) == []

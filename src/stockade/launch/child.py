@@ -25,13 +25,18 @@ The order, and why:
    Namespaces - one unshare(2); in a new user namespace, map our own ids
    (setgroups denied first, as an unprivileged map requires); in a new
    network namespace bring loopback up; in a new UTS namespace set the
-   hostname; in a new mount namespace make every mount private, then
-   either enter a private root (mounts made inside it, pivot_root, the
-   old root detached; see ``_enter_root``) or mount the binds in place,
-   and last the masks.  These use the capabilities the new user
-   namespace grants, so they come before step 6, and before the rlimits:
-   a user namespace records the creator's RLIMIT_NPROC for the level
-   above it.
+   hostname and domain name; in a new time namespace write the clock
+   offsets (before any process enters it); in a new mount namespace make
+   every mount private, then either enter a private root (mounts made
+   inside it, pivot_root, the old root detached; see ``_enter_root``) or
+   mount the binds in place, and last the masks.  These use the
+   capabilities the new user namespace grants, so they come before step
+   6, and before the rlimits: a user namespace records the creator's
+   RLIMIT_NPROC for the level above it.
+   pid namespace - only children enter it: this process stays outside,
+   forks the init (pid 1, which mounts the private /proc) and the init
+   forks the command, which alone goes on with the steps below
+   (:mod:`stockade.launch.pidns`).
 4. rlimits - before privileges are dropped (root could still raise them
    afterwards otherwise; see step 6).
 5. personality, THP, CPU affinity - process attributes exec keeps.

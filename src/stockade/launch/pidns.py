@@ -24,6 +24,7 @@ Some facts that shape it:
 - C and I block the signals they forward (and SIGCHLD) and take them with
   ``rt_sigtimedwait``: no handler runs, and nothing is lost between fork and
   the wait loop.  P restores the mask before exec.
+- C drops its capabilities and sets ``PR_SET_NO_NEW_PRIVS`` once I exists.
 - C and I never return to the launcher's preexec code: right after forking
   they close every descriptor they do not own (``close_range``), because the
   launcher reads its exec-error pipe until EOF.
@@ -186,6 +187,15 @@ class PidNamespaceInit:
         byref = ctypes.byref
         syscall = s._syscall
         status_fd = self._pipe[0]
+        # C only waits, forwards and mirrors: it needs no capability (it
+        # has every one in a new user namespace).
+        if (
+            s._syscall(c_long(SYS_capset), byref(s._cap_header), byref(s._cap_data)) == -1
+            or s._prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == -1
+        ):
+            err = s._get_errno()
+            syscall(c_long(SYS_kill), c_long(init_pid), c_long(SIGKILL))
+            s._fail(STEP_PID_INIT, err)
         self._close_all_but(s, status_fd)
         while True:
             sig = syscall(c_long(SYS_rt_sigtimedwait), byref(self._wait_set), None, None,
