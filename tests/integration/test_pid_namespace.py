@@ -528,3 +528,40 @@ def test_unprivileged_callers_get_a_user_namespace_with_it() -> None:
         assert v["uid_map"]["value"] == [str(os.getuid()), str(os.getuid()), "1"]
     else:
         assert v["uid_map"]["value"][:2] == ["0", "0"]
+
+
+def test_a_private_root_gets_the_private_proc() -> None:
+    res, v = run_probe(
+        """
+        attempt("root", lambda: sorted(os.listdir("/")))
+        attempt("proc", lambda: sorted(int(e) for e in os.listdir("/proc") if e.isdigit()))
+        attempt("stdout", lambda: os.readlink("/dev/stdout"))
+        attempt("fd1", lambda: os.path.samestat(os.stat("/dev/stdout"), os.fstat(1)))
+        attempt("mounts", lambda: [l.split()[4] for l in open("/proc/self/mountinfo")
+                                   if l.split()[4] in ("/proc", "/")])
+        """,
+        root="tmpfs",
+        unshare=["pid"],
+        **PROC,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "proc" in v["root"]["value"] and "home" not in v["root"]["value"]
+    assert v["proc"]["value"] == [2]
+    assert v["fd1"]["value"] is True
+    assert sorted(v["mounts"]["value"]) == ["/", "/proc"]
+
+
+def test_a_deny_under_proc_holds_in_a_private_root_too() -> None:
+    res, v = run_probe(
+        """
+        attempt("hostname", lambda: open("/proc/sys/kernel/hostname").read())
+        attempt("status", lambda: open("/proc/self/status").read()[:4])
+        """,
+        root="tmpfs",
+        unshare=["pid"],
+        deny=["/proc/sys/kernel"],
+        **PROC,
+    )
+    assert res.returncode == 0, res.stderr
+    assert v["hostname"]["errno"] == errno.EACCES
+    assert v["status"]["errno"] == 0

@@ -531,6 +531,13 @@ class ChildSetup:
             # Nothing mounted here may propagate back to the host.
             self._sys(STEP_MOUNT_PRIVATE, SYS_mount, None, b"/", None,
                       c_long(MS_REC | MS_PRIVATE), None)  # fmt: skip
+        if self._pidns is None:
+            self._mount_all()
+
+    def _mount_all(self) -> None:
+        """Every mount of the sandbox's mount namespace.  With a pid
+        namespace the init runs this, once it has made its procfs (which
+        needs a full procfs still in sight: before the old root goes)."""
         if self._root is not None:
             self._enter_root()
         elif self._mounts:

@@ -8,9 +8,11 @@ Some facts that shape it:
 
 - After ``unshare(CLONE_NEWPID)`` (and ``CLONE_NEWTIME``) only the caller's
   *children* enter the new namespaces.  So the launched child C forks the
-  init I, which is pid 1 inside; I forks the command P (pid 2), which
-  finishes the confinement and execs.  C stays outside: it is what the
-  launcher knows, waits for and signals.
+  init I, which is pid 1 inside; I makes the sandbox's mounts (its procfs
+  first: a user namespace may mount one only while a full procfs is in
+  sight, so before a private root detaches the host's) and forks the
+  command P (pid 2), which finishes the confinement and execs.  C stays
+  outside: it is what the launcher knows, waits for and signals.
 - pid 1 ignores every signal sent from inside its namespace that it has no
   handler for, SIGKILL included; from outside, only SIGKILL and SIGSTOP are
   forced.  So I cannot die of the command's signal: it hands the command's
@@ -242,8 +244,13 @@ class PidNamespaceInit:
             s._fail(STEP_PID_INIT, 3)  # ESRCH: C died before the prctl
         syscall(c_long(SYS_close), c_long(self._pidfd))
         s._sys(STEP_PID_INIT, SYS_setpgid, c_long(0), c_long(0))
-        if self._proc:
-            self._mount_proc(s)
+        # The kernel lets a user namespace mount a procfs only while a full
+        # one is in sight of its mount namespace: make it before the mounts
+        # (a private root detaches the host's), attach it after them.
+        proc = self._make_proc(s) if self._proc else -1
+        s._mount_all()
+        if proc >= 0:
+            self._attach_proc(s, proc)
         s._after_proc()
         command = self._fork()
         if command == -1:
@@ -255,9 +262,9 @@ class PidNamespaceInit:
         self._close_all_but(s, self._pipe[1])
         self._reap(s, command)
 
-    def _mount_proc(self, s: ChildSetup) -> None:
-        """A procfs of this namespace over ``/proc`` (the only place one is
-        ever mounted), reached without following a symlink."""
+    def _make_proc(self, s: ChildSetup) -> int:
+        """A procfs of this namespace (hidepid=4, subset=pid when asked), as
+        a detached mount, with the policy's /proc rights on it."""
         c_long = ctypes.c_long
         step = STEP_PROC
         fs = s._sys(step, SYS_fsopen, b"proc", c_long(FSOPEN_CLOEXEC))
@@ -278,8 +285,14 @@ class PidNamespaceInit:
             s._sys(step, _ffi.SYS_landlock_add_rule, c_long(s._landlock_fd),
                    c_long(LANDLOCK_RULE_PATH_BENEATH), ctypes.byref(self._proc_rule),
                    c_long(0))  # fmt: skip
-        dst = s._open_nofollow(step, b"/proc", 0)
-        s._sys(step, SYS_move_mount, c_long(mnt), b"", c_long(dst), b"",
+        return mnt
+
+    def _attach_proc(self, s: ChildSetup, mnt: int) -> None:
+        """Over ``/proc`` (of the private root, if any): the only place a
+        procfs is ever mounted, reached without following a symlink."""
+        c_long = ctypes.c_long
+        dst = s._open_nofollow(STEP_PROC, b"/proc", 0)
+        s._sys(STEP_PROC, SYS_move_mount, c_long(mnt), b"", c_long(dst), b"",
                c_long(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH))  # fmt: skip
         s._syscall(c_long(SYS_close), c_long(mnt))
         s._syscall(c_long(SYS_close), c_long(dst))
