@@ -565,3 +565,32 @@ def test_a_deny_under_proc_holds_in_a_private_root_too() -> None:
     assert res.returncode == 0, res.stderr
     assert v["hostname"]["errno"] == errno.EACCES
     assert v["status"]["errno"] == 0
+
+
+def test_max_procs_counts_the_command_s_processes_not_the_init() -> None:
+    """The stub outside and the init are added to the limit: the command
+    and its children may be max_procs processes, no more."""
+    res, v = run_probe(
+        """
+        started, failure, kids = 0, 0, []
+        for _ in range(30):
+            try:
+                pid = os.fork()
+            except OSError as e:
+                failure = e.errno
+                break
+            if pid == 0:
+                import time
+                time.sleep(5)
+                os._exit(0)
+            kids.append(pid)
+            started += 1
+        for pid in kids:
+            os.kill(pid, 9)
+        attempt("fork", lambda: [started, failure])
+        """,
+        unshare=["pid"],
+        max_procs=10,
+    )
+    assert res.returncode == 0, res.stderr
+    assert v["fork"]["value"] == [9, errno.EAGAIN]
