@@ -594,3 +594,31 @@ def test_max_procs_counts_the_command_s_processes_not_the_init() -> None:
     )
     assert res.returncode == 0, res.stderr
     assert v["fork"]["value"] == [9, errno.EAGAIN]
+
+
+def test_job_control_on_a_terminal_in_a_pid_namespace(workdir: Path) -> None:
+    """With -i the stub outside leads the session; the command's own group
+    takes the terminal's foreground, so an interactive shell runs jobs."""
+    from test_pty import BASH, Session, wait_foreground
+
+    if not os.path.exists(BASH):
+        pytest.skip("needs bash")
+    bash = Session(["--unshare", "pid", "--", BASH, "--norc", "--noprofile", "-i"], workdir)
+    try:
+        bash.run("echo ready-$((40+2)) $$", r"ready-(42) 2")
+        bash.run("sleep 30 & echo bg-$((2+2))", r"(bg-4)")
+        assert bash.run("jobs", r"\[1\]\+\s+(Running)\s+sleep 30 &") == b"Running"
+        bash.run("kill %1; wait; echo killed-$((3+3))", r"(killed-6)")
+        bash.type("sleep 47.75\n")
+        wait_foreground("sleep", "47.75")
+        bash.type("\x1a")
+        assert bash.expect(r"\[1\]\+\s+(Stopped)\s+sleep 47.75").group(1) == b"Stopped"
+        bash.type("fg\n")
+        bash.expect(r"sleep 47.75")
+        wait_foreground("sleep", "47.75")
+        bash.type("\x03")
+        assert bash.run("echo status-$?-$((1))", r"status-(\d+)-1") == b"130"
+        bash.type("exit 7\n")
+        assert bash.wait() == 7
+    finally:
+        bash.close()

@@ -59,6 +59,7 @@ SYS_write = 1
 SYS_close = 3
 SYS_poll = 7
 SYS_rt_sigaction = 13
+SYS_ioctl = 16
 SYS_rt_sigprocmask = 14
 SYS_getpid = 39
 SYS_wait4 = 61
@@ -74,6 +75,7 @@ SYS_move_mount = 429
 SYS_pidfd_open = 434
 SYS_close_range = 436
 
+TIOCSPGRP = 0x5410
 SIG_BLOCK = 0
 SIG_UNBLOCK = 1
 SIG_SETMASK = 2
@@ -142,6 +144,7 @@ class PidNamespaceInit:
         self._old_set = ctypes.c_uint64(0)
         self._one_set = ctypes.c_uint64(0)
         self._status = ctypes.c_int(0)
+        self._pgid = ctypes.c_int(0)
         self._word = ctypes.create_string_buffer(4)
         self._pipe = (ctypes.c_int * 2)(-1, -1)
         self._pollfd = _PollFd(-1, POLLIN, 0)
@@ -356,6 +359,12 @@ class PidNamespaceInit:
         c_long = ctypes.c_long
         s._syscall(c_long(SYS_close), c_long(self._pipe[0]))
         s._syscall(c_long(SYS_close), c_long(self._pipe[1]))
+        s._sys(STEP_PID_INIT, SYS_setpgid, c_long(0), c_long(0))
+        if s._controlling_tty:
+            # The terminal's foreground group is C's: the command's own group
+            # takes it over.  SIGTTOU is still blocked, which is what lets a
+            # background group do that.
+            self._pgid.value = s._syscall(c_long(SYS_getpid))
+            s._sys(STEP_PID_INIT, SYS_ioctl, c_long(0), c_long(TIOCSPGRP), ctypes.byref(self._pgid))
         s._sys(STEP_PID_INIT, SYS_rt_sigprocmask, c_long(SIG_SETMASK), ctypes.byref(self._old_set),
                None, c_long(SIGSET_SIZE))  # fmt: skip
-        s._sys(STEP_PID_INIT, SYS_setpgid, c_long(0), c_long(0))
