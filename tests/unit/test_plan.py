@@ -303,3 +303,11 @@ def test_a_pid_namespace_regrants_proc_and_counts_its_two_processes() -> None:
     # Grants beneath /proc name the host's procfs: nothing to regrant.
     sub = compile_plan(policy(*BASIC, "allow/read+/proc/self/***", unshare=["pid"]), facts())
     assert sub.proc_rights == 0
+
+
+def test_a_ruleset_the_init_adds_to_is_never_reused() -> None:
+    from stockade.launch.spawn import RulesetCache
+
+    pid = compile_plan(policy(*BASIC, "allow/read+/proc/***", unshare=["pid"]), facts())
+    assert not RulesetCache(pid).usable
+    assert RulesetCache(compile_plan(policy(*BASIC, "allow/read+/proc/***"), facts())).usable

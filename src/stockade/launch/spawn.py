@@ -29,9 +29,9 @@ from stockade.plan.landlock import PathGrant
 class RulesetCache:
     """One plan's Landlock ruleset, built once and handed to each run as a
     duplicate, for plans whose ruleset is the same from run to run (no
-    private tmp, no tmpfs, no private root: those get rules of their own
-    per run, some added by the child; and a run on its own terminal gets
-    its own, see :class:`Prepared`).
+    private tmp, no tmpfs, no private root, no private /proc: those get
+    rules of their own per run, some added by the child; and a run on its
+    own terminal gets its own, see :class:`Prepared`).
 
     Landlock rules name inodes, not paths: before each run the grants are
     looked up again, and a path that now leads to another inode (or exists
@@ -41,7 +41,13 @@ class RulesetCache:
     def __init__(self, plan: EnforcementPlan) -> None:
         self.plan = plan
         policy = plan.policy
-        self.usable = not policy.private_tmp and not policy.tmpfs and policy.root is None
+        # A pid namespace's init adds a rule on its own procfs (proc_rights).
+        self.usable = (
+            not policy.private_tmp
+            and not policy.tmpfs
+            and policy.root is None
+            and not plan.proc_rights
+        )
         self._lock = threading.Lock()
         self._fd = -1
         self._identity: list[tuple[int, int] | None] = []
