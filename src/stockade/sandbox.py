@@ -224,7 +224,9 @@ class Sandbox:
         UnsupportedError when the policy cannot be enforced here)."""
         with self._lock:
             if self._plan is None:
-                self._plan = compile_plan(self.policy, kernel_facts())
+                plan = compile_plan(self.policy, kernel_facts())
+                refuse_unsupervised(plan)
+                self._plan = plan
             return self._plan
 
     def environment(self, tmpdir: str | None) -> dict[str, str]:
@@ -398,3 +400,31 @@ def _communicate(
 
 
 __all__ = ["DEVNULL", "PIPE", "STDOUT", "Denial", "Result", "Sandbox"]
+
+
+def refuse_unsupervised(plan: EnforcementPlan) -> None:
+    """Refuse a plan whose rules only the supervisor can hold exactly.
+
+    Until the supervisor engine runs beside the sandbox, Landlock would
+    enforce only the outer bound of those rules: a weaker policy than the
+    one given, so it is an error instead.  The calls a restricted policy
+    traps for exactness beyond Landlock (metadata, UNIX connects, listen)
+    are not refused here: they were never enforced before the supervisor.
+    """
+    notify = plan.notify
+    if notify is None or not notify.categories:
+        return
+    from stockade.policy.model import Category
+
+    cats = sorted(notify.categories, key=lambda c: c.value)
+    concerned = set(cats)
+    if Category.READ in concerned:
+        concerned.add(Category.EXEC)  # exec without read routes read
+    rules = [str(r) for r in plan.policy.rules if r.category in concerned][-3:]
+    names = ", ".join(c.value for c in cats)
+    raise PolicyError(
+        f"{names} rules need the supervisor, which this release does not have yet "
+        f"(rules concerned: {'; '.join(rules) or 'sandbox/stat:on'})",
+        "policy",
+        "rules",
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import resource
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from stockade.errors import PolicyError, UnsupportedError
 from stockade.plan.filter import FilterSpec, build_program
@@ -20,6 +21,9 @@ from stockade.plan.landlock import (
     tmpfs_rights,
 )
 from stockade.policy.model import NET_CATEGORIES, Category, Policy
+
+if TYPE_CHECKING:  # imported when a policy needs the supervisor
+    from stockade.plan.notify import NotifyPlan
 
 RLIM_INFINITY = resource.RLIM_INFINITY
 
@@ -81,12 +85,28 @@ class EnforcementPlan:
     loopback: bool = False
     #: Landlock rights the child grants beneath each ``--tmpfs`` it mounts.
     tmpfs_rights: int = 0
+    #: What the supervisor decides; ``None`` when the kernel layers hold
+    #: the whole policy (no supervisor runs).
+    notify: NotifyPlan | None = None
+    #: The notify filter (SECCOMP_RET_USER_NOTIF for ``notify.syscalls``),
+    #: installed last; empty when ``notify`` is None.
+    notify_program: bytes = b""
 
 
-def compile_plan(policy: Policy, facts: KernelFacts) -> EnforcementPlan:
+def compile_plan(
+    policy: Policy,
+    facts: KernelFacts,
+    *,
+    audit: bool = False,
+    observe: frozenset[Category] = frozenset(),
+) -> EnforcementPlan:
     """Assign every part of *policy* to the cheapest layer that enforces it
-    exactly.  Raises :class:`PolicyError` for what no layer in this release
-    can enforce and :class:`UnsupportedError` for what this kernel lacks."""
+    exactly; what no kernel layer can hold goes to the supervisor
+    (``notify``).  *audit* routes every category for events (``stockade
+    learn``), *observe* routes some categories only to be seen (``on_event``,
+    exec events).  Raises :class:`PolicyError` for what no layer in this
+    release can enforce and :class:`UnsupportedError` for what this kernel
+    lacks."""
     _refuse_unimplemented(policy)
     namespaces = _namespaces(policy, facts)
     if "net" in namespaces and not any(r.category.is_net for r in policy.rules):
@@ -117,6 +137,14 @@ def compile_plan(policy: Policy, facts: KernelFacts) -> EnforcementPlan:
         deny_ipc="ipc" not in namespaces,
         deny_chmod=facts.privileged and Category.WRITE in policy.enabled,
     )
+
+    notify = None
+    if landlock.routed or net.routed or audit or observe or _needs_notify(policy_for_net):
+        from stockade.plan.notify import build_notify_program, compile_notify
+
+        notify = compile_notify(
+            policy_for_net, landlock.routed | net.routed, audit=audit, observe=observe
+        )
 
     limits: dict[int, tuple[int, int]] = {}
     if policy.memory is not None:
@@ -159,7 +187,16 @@ def compile_plan(policy: Policy, facts: KernelFacts) -> EnforcementPlan:
         namespaces=namespaces,
         loopback="net" in namespaces,
         tmpfs_rights=int(tmpfs_rights(landlock.handled_fs)) if policy.tmpfs else 0,
+        notify=notify,
+        notify_program=build_notify_program(notify) if notify is not None else b"",
     )
+
+
+def _needs_notify(policy: Policy) -> bool:
+    """Whether a category that traps calls no kernel layer mediates (see
+    :func:`stockade.plan.notify.compile_notify`) is on; checked here so that
+    policies with neither do not import the supervisor's plan."""
+    return Category.WRITE in policy.enabled or Category.NET_BIND in policy.enabled
 
 
 #: Namespaces the child can enter by itself, in one unshare(2).  pid needs

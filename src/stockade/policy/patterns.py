@@ -42,6 +42,7 @@ __all__ = [
     "is_literal",
     "literal_prefix",
     "may_overlap",
+    "regex_source",
     "tree_root",
     "validate_pattern",
 ]
@@ -126,6 +127,17 @@ def compile_pattern(pattern: str) -> Matcher:
     """
     canonical = validate_pattern(pattern)
     return Matcher(canonical, _regex(canonical, canonical))
+
+
+def regex_source(pattern: str) -> str:
+    """The regular expression *pattern* compiles to, for embedding in a
+    larger one (the supervisor joins a category's rules into one).
+
+    It has no capturing group, and it is meant for ``fullmatch`` with
+    ``re.DOTALL``.  Raises :class:`~stockade.errors.PolicyError` as
+    :func:`validate_pattern`.
+    """
+    return compile_pattern(pattern)._regex.pattern
 
 
 def is_literal(pattern: str) -> bool:
