@@ -290,11 +290,13 @@ class Supervisor:
         try:
             session.handle(worker, notif)
         except BaseException as err:  # noqa: BLE001 - the sentinel: any failure denies this call
-            worker.resp.send(session.listener, notif.id, error=errno.EACCES)
             try:
+                # Recorded before the answer: once answered, the caller may
+                # exit and its run's result be read.
                 session.handler_failed(notif, err)
-            except Exception:  # noqa: BLE001, S110 - reporting must not kill the worker
+            except Exception:  # noqa: BLE001, S110 - reporting must not stop the answer
                 pass
+            worker.resp.send(session.listener, notif.id, error=errno.EACCES)
         finally:
             session._release()
 

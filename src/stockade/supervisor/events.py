@@ -97,3 +97,36 @@ def callback_verdict(
     if isinstance(answer, int) and not isinstance(answer, bool) and 0 < answer < 4096:
         return DENY, answer
     return DENY, errno_mod.EACCES
+
+
+class EventLog:
+    """``--log FILE`` / policy ``log``: events as JSON lines; ``-`` is
+    standard error.  Thread-safe (workers write to it)."""
+
+    def __init__(self, target: str) -> None:
+        import sys
+        import threading
+
+        self._lock = threading.Lock()
+        self._own = target != "-"
+        self._file: Any = (
+            sys.stderr if not self._own else open(target, "a", buffering=1)  # noqa: SIM115 - lives with the sandbox
+        )
+
+    def __call__(self, event: Event) -> None:
+        self.write(event.to_dict())
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Write one JSON line."""
+        line = json.dumps(record, sort_keys=True) + "\n"
+        with self._lock:
+            if self._file is not None:
+                self._file.write(line)
+                self._file.flush()
+
+    def close(self) -> None:
+        """Close the file (not standard error)."""
+        with self._lock:
+            if self._file is not None and self._own:
+                self._file.close()
+            self._file = None

@@ -17,14 +17,17 @@ from typing import TYPE_CHECKING, Any
 from stockade.kernel import notify, syscalls
 from stockade.supervisor import events
 from stockade.supervisor.engine import Session, Worker
+from stockade.policy.model import Category
 from stockade.supervisor.resolve import Caller
 
 if TYPE_CHECKING:
     from stockade.plan.notify import NotifyPlan
-    from stockade.policy.model import Category
+
+_EXEC = Category.EXEC
 
 Handler = Callable[["SandboxSession", Worker, notify.SeccompNotif, Caller], None]
 EventSink = Callable[[events.Event], None]
+
 
 #: Set by the handler modules at import: syscall number -> handler.
 HANDLERS: dict[int, Handler] = {}
@@ -76,8 +79,10 @@ class SandboxSession(Session):
         self.failures: list[str] = []
         self._root_fd = -1
         self._root_lock = threading.Lock()
-        #: Events are made for allowed calls too.
+        #: Events are made for allowed calls too (a log alone wants the
+        #: allowed execs only; a callback or an audit, everything).
         self.verbose = on_event is not None or sink is not None or plan.audit
+        self._all_allowed = on_event is not None or plan.audit
 
     # -- dispatch -------------------------------------------------------------
 
@@ -138,7 +143,9 @@ class SandboxSession(Session):
     ) -> None:
         """Decide *category* access to path *target*; raises :class:`Denied`."""
         verdict = self.plan.decide(category, target)
-        if verdict.allow and not self.verbose:
+        if verdict.allow and not (
+            self.verbose and (self._all_allowed or category is _EXEC)
+        ):
             return
         self._decided(notif, category, target, verdict, argv)
 
@@ -147,7 +154,7 @@ class SandboxSession(Session):
     ) -> None:
         """Decide *category* access to an inet address; raises :class:`Denied`."""
         verdict = self.plan.decide_net(category, family, address, port)
-        if verdict.allow and not self.verbose:
+        if verdict.allow and not self._all_allowed:
             return
         target = f"[{address}]!{port}" if ":" in address else f"{address}!{port}"
         self._decided(notif, category, target, verdict, None)
@@ -156,7 +163,7 @@ class SandboxSession(Session):
                 argv: tuple[str, ...] | None = None) -> None:  # fmt: skip
         """An event for an access the kernel layers decide (the callback may
         still deny it); raises :class:`Denied`."""
-        if not self.verbose:
+        if not self._all_allowed:
             return
         from stockade.plan.notify import ALLOW
 
