@@ -114,9 +114,15 @@ class MemReader:
             raise OSError(errno.EFAULT, os.strerror(errno.EFAULT))
 
 
-def pidfd_open(pid: int) -> int:
-    """A pidfd for *pid* (close it); raises OSError."""
-    return _ffi.syscall(_ffi.SYS_pidfd_open, pid, 0)
+#: pidfd_open(2) flag (6.9): *pid* may be any thread, not only a leader.
+PIDFD_THREAD = 0o200
+
+
+def pidfd_open(pid: int, thread: bool = False) -> int:
+    """A pidfd for *pid* (close it); with *thread*, *pid* may name any
+    thread (a seccomp notification names the calling thread).  Raises
+    OSError."""
+    return _ffi.syscall(_ffi.SYS_pidfd_open, pid, PIDFD_THREAD if thread else 0)
 
 
 def pidfd_getfd(pidfd: int, targetfd: int) -> int:

@@ -8,6 +8,11 @@ the result: a descriptor injected with ``SECCOMP_IOCTL_NOTIF_ADDFD``, a
 ``struct stat`` written with ``process_vm_writev``, or the return value.
 Nothing is continued after a path was read, except:
 
+- ``O_PATH`` opens: ``SECCOMP_IOCTL_NOTIF_ADDFD`` cannot inject an O_PATH
+  file.  Such a descriptor reads and writes nothing, and whatever is
+  opened, executed or looked up through it is decided on its own; a path
+  swapped after our check could only reveal metadata (``stat``).
+
 - ``execve``/``execveat``: only the kernel can replace the caller's image.
   The decision is made on the file we resolved, then the call continues,
   and the kernel reads the path again: a thread of the caller that swaps
@@ -134,7 +139,8 @@ def _open_path(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Cal
 
 def _their_fd(n: notify.SeccompNotif, fd: int) -> tuple[int, str]:
     """A duplicate of the caller's descriptor *fd* and its path."""
-    pidfd = procmem.pidfd_open(n.pid)
+    # The notification names the calling thread, not its leader.
+    pidfd = procmem.pidfd_open(n.pid, thread=True)
     try:
         ours = procmem.pidfd_getfd(pidfd, fd)
     finally:
@@ -197,6 +203,21 @@ def h_open(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller)
     # RESOLVE_* the caller asked for narrow our lookup further.
     extra = resolve & (RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
     fd = -1
+    if flags & O_PATH:
+        # ADDFD refuses O_PATH files (fget skips them), so an O_PATH open
+        # is decided and continued.  What a swapped path could get this
+        # way is a descriptor that reads and writes nothing: every open,
+        # exec or directory lookup made through it is decided on its own.
+        fd = open_in_root(root, caller, full, flags & ~O_CLOEXEC, 0, scratch.how, extra)
+        try:
+            path = fd_path(fd)
+            if not _anonymous(path):
+                check_proc(path, caller)
+                s.check(n, Category.STAT, path)
+        finally:
+            os.close(fd)
+        w.resp.cont(s.listener, n.id)
+        return
     try:
         if flags & O_CREAT and not flags & O_TMPFILE == O_TMPFILE:
             fd = _open_create(s, w, n, caller, root, full, flags, mode, extra)
