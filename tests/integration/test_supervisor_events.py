@@ -120,7 +120,7 @@ def test_log_to_stderr_names_denials_and_their_rules(workdir: Path) -> None:
     events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
     denial = [e for e in events if e["action"] == "deny" and e["target"].startswith(str(workdir))]
     assert denial and denial[0]["target"] == str(workdir / "no.txt")
-    assert denial[0]["rule"] == f"deny/read+{workdir}/no*"
+    assert denial[0]["rule"] == f"deny/read+{workdir}/no*/***"  # --deny denies the tree
     assert denial[0]["syscall"] == "openat" and denial[0]["errno"] == errno.EACCES
     assert [e["category"] for e in events if e["action"] != "deny"] == ["exec", "exit"]
 
