@@ -83,7 +83,10 @@ class MemReader:
         while got < limit:
             # Clip each read to the page end: a string that ends just
             # before an unmapped page must still be readable.
-            chunk = min(PAGE_SIZE - ((addr + got) % PAGE_SIZE), limit - got)
+            # The first read is short: most paths are, and copying a
+            # whole page from another process costs more than a second read.
+            first = 256 if got == 0 else PAGE_SIZE
+            chunk = min(PAGE_SIZE - ((addr + got) % PAGE_SIZE), limit - got, first)
             n = self._readv(pid, addr + got, got, chunk)
             if n == 0:
                 raise OSError(errno.EFAULT, os.strerror(errno.EFAULT))

@@ -150,6 +150,18 @@ def absolute(pid: int, dirfd: int, path: bytes) -> bytes:
     return base + path if base.endswith(b"/") else base + b"/" + path
 
 
+def normal(path: bytes) -> bool:
+    """Whether absolute *path* is already in normal form: no empty, ``.``
+    or ``..`` component, no trailing slash.  Opened without following any
+    symlink, such a path names the object we get, as the sandbox sees it."""
+    return (
+        b"//" not in path
+        and b"/./" not in path
+        and b"/../" not in path
+        and not path.endswith((b"/.", b"/..", b"/"))
+    )
+
+
 def fd_path(fd: int) -> str:
     """The path of our descriptor *fd*, in the sandbox's view."""
     return os.readlink(f"/proc/self/fd/{fd}")
