@@ -442,7 +442,6 @@ def _communicate(
 __all__ = ["DEVNULL", "PIPE", "STDOUT", "Denial", "Result", "Sandbox"]
 
 
-
 def denials_of(proc: Any) -> list[Denial]:
     """The denials a finished run's supervisor recorded."""
     session = getattr(proc, "supervision", None)

@@ -12,7 +12,6 @@ between the two files by rename, and with stat under ``sandbox/stat:on``.
 
 from __future__ import annotations
 
-import errno
 from pathlib import Path
 
 from conftest import run_probe

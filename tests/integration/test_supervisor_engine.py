@@ -77,7 +77,7 @@ attempt("fifo", lambda: open({str(fifo)!r}).read())
     try:
         assert blocked.stdout is not None
         assert blocked.stdout.readline() == b"other thread done\n"
-        res, v = run_probe(
+        _, v = run_probe(
             f'attempt("plain", lambda: open({str(workdir / "plain")!r}).read())',
             rules=_glob(workdir),
         )

@@ -40,7 +40,7 @@ def test_on_event_verdicts(workdir: Path) -> None:
         return None
 
     body = "".join(
-        f'attempt({name!r}, lambda: open({str(workdir / name)!r}).read())\n'
+        f"attempt({name!r}, lambda: open({str(workdir / name)!r}).read())\n"
         for name in ("allow.txt", "deny.txt", "errno.txt", "audit.txt", "raise.txt")
     )
     res, v = run_probe(body, read=[workdir], on_event=on_event)
@@ -85,7 +85,7 @@ def test_on_event_sees_connects(workdir: Path) -> None:
     server.listen()
     seen: list[Any] = []
     try:
-        res, v = run_probe(
+        _, v = run_probe(
             f"""
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 attempt("connect", lambda: s.connect({str(path)!r}))

@@ -162,7 +162,7 @@ class Responder:
     def valid(self, fd: int, notif_id: int) -> bool:
         """Whether *notif_id* is still pending (SECCOMP_IOCTL_NOTIF_ID_VALID)."""
         self._id.value = notif_id
-        return _ioctl(fd, SECCOMP_IOCTL_NOTIF_ID_VALID, self._id_addr) == 0
+        return bool(_ioctl(fd, SECCOMP_IOCTL_NOTIF_ID_VALID, self._id_addr) == 0)
 
     def addfd(self, fd: int, notif_id: int, srcfd: int, cloexec: bool, send: bool = True) -> int:
         """Install *srcfd* in the caller; with *send*, also answer the call

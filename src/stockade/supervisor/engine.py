@@ -325,12 +325,12 @@ class Supervisor:
     def _run(self, worker: Worker, session: Session, notif: notify.SeccompNotif) -> None:
         try:
             session.handle(worker, notif)
-        except BaseException as err:  # noqa: BLE001 - the sentinel: any failure denies this call
+        except BaseException as err:
             try:
                 # Recorded before the answer: once answered, the caller may
                 # exit and its run's result be read.
                 session.handler_failed(notif, err)
-            except Exception:  # noqa: BLE001, S110 - reporting must not stop the answer
+            except Exception:  # noqa: S110 - reporting must not stop the answer
                 pass
             worker.resp.send(session.listener, notif.id, error=errno.EACCES)
         finally:
@@ -350,7 +350,7 @@ _supervisor_pid = -1
 _supervisor_lock = threading.Lock()
 
 
-def Worker_deny(session: Session, notif: notify.SeccompNotif) -> None:  # noqa: N802
+def Worker_deny(session: Session, notif: notify.SeccompNotif) -> None:
     """Answer EACCES from a thread that could not confine itself."""
     try:
         notify.Responder().send(session.listener, notif.id, error=errno.EACCES)
@@ -375,4 +375,3 @@ def handoff_pair() -> tuple[socket.socket, socket.socket]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     return ours, theirs
-

@@ -222,7 +222,7 @@ def h_open(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller)
         w.resp.cont(s.listener, n.id)
         return
     try:
-        if flags & O_CREAT and not flags & O_TMPFILE == O_TMPFILE:
+        if flags & O_CREAT and flags & O_TMPFILE != O_TMPFILE:
             fd = _open_create(s, w, n, caller, root, full, flags, mode, extra)
         else:
             fd = _open_existing(s, n, caller, root, full, flags, mode, extra, scratch)
