@@ -283,43 +283,83 @@ class Trap:
 # -- compiled rules -----------------------------------------------------------
 
 
-class _PathRules:
-    """The rules of one filesystem category as one regular expression."""
+_Entry = tuple[int, "re.Pattern[str] | None"]
 
-    __slots__ = ("_regex", "_verdicts", "cache", "default")
+
+class _PathRules:
+    """The rules of one filesystem category, indexed by literal prefix.
+
+    Every path a pattern matches lies at or beneath its literal prefix
+    (:func:`~stockade.policy.patterns.literal_prefix`), so a path can only
+    be matched by the rules filed under one of its ancestors (or itself):
+    a handful of dict lookups finds them, whatever the number of rules.
+    A ``DIR/***`` rule filed under an ancestor always matches, and literal
+    rules are looked up by the path itself, so only globs run a regular
+    expression.  Candidates are tried from the last rule back; the first
+    that matches decides.
+    """
+
+    __slots__ = ("_exact", "_index", "_verdicts", "cache", "default")
 
     def __init__(self, rules: list[Rule], on: bool, aliases: dict[str, str]) -> None:
         self.default = DENY if on else ALLOW
         self.cache: dict[str, Verdict] = {}
-        ordered = rules[::-1]  # first alternative that matches = last rule
-        # Group i (1-based) is ordered[i - 1]; index 0 is never a group.
-        self._verdicts = [self.default] + [_verdict_of(r) for r in ordered]
-        self._regex: re.Pattern[str] | None = None
-        if ordered:
-            parts = []
-            for rule in ordered:
-                source = patterns.regex_source(rule.pattern)
-                alias = aliases.get(rule.pattern)
-                if alias is not None:
-                    source = f"{source}|{patterns.regex_source(alias)}"
-                parts.append(f"({source})")
-            self._regex = re.compile("|".join(parts), re.DOTALL)
-            # Every rule is exactly one group: the sources have none.
-            assert self._regex.groups == len(ordered)
+        self._verdicts = [_verdict_of(r) for r in rules]
+        index: dict[str, list[_Entry]] = {}
+        exact: dict[str, list[_Entry]] = {}
+        for i, rule in enumerate(rules):
+            spellings = [rule.pattern]
+            alias = aliases.get(rule.pattern)
+            if alias is not None and alias != rule.pattern:
+                spellings.append(alias)
+            for pattern in spellings:
+                root = patterns.tree_root(pattern)
+                if root is not None:
+                    index.setdefault(root, []).append((i, None))
+                elif patterns.is_literal(pattern):
+                    exact.setdefault(pattern, []).append((i, None))
+                else:
+                    regex = re.compile(patterns.regex_source(pattern), re.DOTALL)
+                    index.setdefault(patterns.literal_prefix(pattern), []).append((i, regex))
+        self._index = {k: tuple(v) for k, v in index.items()}
+        self._exact = {k: tuple(v) for k, v in exact.items()}
 
     def decide(self, path: str) -> Verdict:
         found = self.cache.get(path)
         if found is not None:
             return found
+        get = self._index.get
+        candidates: list[_Entry] = []
+        entries = self._exact.get(path)
+        if entries:
+            candidates.extend(entries)
+        entries = get("/")
+        if entries:
+            candidates.extend(entries)
+        start = 1
+        while start < len(path):
+            end = path.find("/", start)
+            if end < 0:
+                end = len(path)
+            entries = get(path[:end])
+            if entries:
+                candidates.extend(entries)
+            start = end + 1
         verdict = self.default
-        if self._regex is not None:
-            m = self._regex.fullmatch(path)
-            if m is not None:
-                verdict = self._verdicts[m.lastindex or 0]
+        if candidates:
+            candidates.sort(key=_first, reverse=True)
+            for i, regex in candidates:
+                if regex is None or regex.fullmatch(path) is not None:
+                    verdict = self._verdicts[i]
+                    break
         if len(self.cache) >= CACHE_LIMIT:
             self.cache.clear()
         self.cache[path] = verdict
         return verdict
+
+
+def _first(entry: _Entry) -> int:
+    return entry[0]
 
 
 def _verdict_of(rule: Rule) -> Verdict:
