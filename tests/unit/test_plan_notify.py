@@ -413,3 +413,17 @@ def test_a_trap_description_matches_its_program() -> None:
                 args[trap.flags_arg] = flags
             want = SECCOMP_RET_USER_NOTIF if trap.traps(tuple(args)) else SECCOMP_RET_ALLOW
             assert run_filter(program, trap.nr, tuple(args)) == want, (trap, flags)
+
+
+def test_create_and_delete_of_one_name_are_decided_by_the_supervisor() -> None:
+    """Landlock checks making and removing an entry on the parent directory:
+    a rule on one file name cannot be a Landlock rule, so the category is
+    routed and Landlock bounds it by the parent's tree."""
+    plan = compile_plan(policy(*BASIC, "allow/create+/srv/out.txt", *NO_WRITE), facts())
+    assert plan.notify is not None and plan.notify.categories == {Category.CREATE}
+    grant = next(g for g in plan.landlock.grants if g.rights & AccessFs.MAKE_REG)
+    assert (grant.path, grant.tree) == ("/srv", True)
+    assert plan.notify.decide(Category.CREATE, "/srv/out.txt").allow
+    assert not plan.notify.decide(Category.CREATE, "/srv/other.txt").allow
+    trees = compile_plan(policy(*BASIC, "allow/create+/srv/***", *NO_WRITE), facts())
+    assert trees.notify is None

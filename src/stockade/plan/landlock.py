@@ -136,7 +136,7 @@ def compile_fs(
                 )
         handled |= rights & known
         rules = policy.rules_for(category)
-        if any(r.action is Action.ALLOW and not _exact_allow(r) for r in rules):
+        if any(r.action is Action.ALLOW and not _exact_allow(r, category) for r in rules):
             routed.add(category)
         allowed: list[Rule] = []
         for index, rule in enumerate(rules):
@@ -151,7 +151,7 @@ def compile_fs(
             else:
                 masks.add(target)
         for rule in allowed:
-            key = _bound(rule.pattern, category in routed)
+            key = _bound(rule.pattern, category in routed, category in NAMED_IN_PARENT)
             old, origin = grants.get(key, (AccessFs(0), str(rule)))
             grants[key] = (old | (rights & known), origin)
     if Category.READ in policy.enabled and _grant_read_for_exec(grants):
@@ -166,21 +166,35 @@ def compile_fs(
     return handled, grant_list, tuple(sorted(masks)), frozenset(routed)
 
 
-def _exact_allow(rule: Rule) -> bool:
-    return patterns.tree_root(rule.pattern) is not None or patterns.is_literal(rule.pattern)
+#: Categories whose Landlock rights are checked on the parent directory
+#: (making or removing an entry), so a rule on one literal name cannot be a
+#: Landlock rule: a file takes no directory rights, and a missing path none.
+NAMED_IN_PARENT = frozenset({Category.CREATE, Category.DELETE})
 
 
-def _bound(pattern: str, routed: bool) -> tuple[str, bool]:
+def _exact_allow(rule: Rule, category: Category) -> bool:
+    if patterns.tree_root(rule.pattern) is not None:
+        return True
+    return patterns.is_literal(rule.pattern) and category not in NAMED_IN_PARENT
+
+
+def _bound(pattern: str, routed: bool, in_parent: bool) -> tuple[str, bool]:
     """The Landlock grant ``(path, tree)`` for an allow rule: exact for a
     literal or a tree; the literal prefix tree for a glob.  In a routed
     category a literal path is granted as a tree too, so that a directory
     allowed alone (which Landlock cannot grant without its contents) is
-    still reachable for the supervisor to decide."""
+    still reachable for the supervisor to decide; for create and delete
+    the right lives on the parent directory, so the parent's tree is the
+    bound."""
     root = patterns.tree_root(pattern)
     if root is not None:
         return root, True
     if patterns.is_literal(pattern):
+        if in_parent:
+            return pattern.rsplit("/", 1)[0] or "/", True
         return pattern, routed
+    # A glob's literal prefix ends before its first glob component, so the
+    # parent of every match is at or beneath it.
     return patterns.literal_prefix(pattern), True
 
 

@@ -13,6 +13,9 @@ The Landlock compiler (:mod:`stockade.plan.landlock`) marks a category
 *routed* when Landlock cannot hold its rules exactly:
 
 * an allow rule with a glob other than a trailing ``/***``;
+* a ``create`` or ``delete`` rule for one name (not a tree): Landlock
+  checks those rights on the parent directory, so it cannot grant them
+  for one entry;
 * a deny inside a tree an earlier rule allowed that a mount mask cannot
   carry (a glob, a deny of only some categories, a later allow inside it,
   or no mount namespace);
