@@ -34,6 +34,9 @@ class Denial:
     target: str
     pid: int
     errno: int
+    #: The rule that denied it (rule-language text); None when the
+    #: category's default did, "on_event" when the callback did.
+    rule: str | None = None
 
 
 @dataclass
@@ -144,12 +147,12 @@ class Sandbox:
         on_event: Callable[[Any], Any] | None = None,
         spawner: str = "server",
     ) -> None:
-        if on_event is not None:
+        if on_event is not None and not callable(on_event):
             raise PolicyError(
-                "needs the supervisor, which this release does not have yet",
-                "Sandbox",
-                "on_event",
+                f"expected a callable (got {type(on_event).__name__})", "Sandbox", "on_event"
             )
+        self.on_event = on_event
+        self._log: Any = None
         if policy is not None:
             given = [read, write, exec, deny, rules, net_allow, net_bind]
             if profile is not None or any(list(x) for x in given):
@@ -224,9 +227,13 @@ class Sandbox:
         UnsupportedError when the policy cannot be enforced here)."""
         with self._lock:
             if self._plan is None:
-                plan = compile_plan(self.policy, kernel_facts())
-                refuse_unsupervised(plan)
-                self._plan = plan
+                from stockade.supervisor.launch import observed_categories
+
+                self._plan = compile_plan(
+                    self.policy,
+                    kernel_facts(),
+                    observe=observed_categories(self.on_event is not None, self.policy.log),
+                )
             return self._plan
 
     def environment(self, tmpdir: str | None) -> dict[str, str]:
@@ -253,11 +260,13 @@ class Sandbox:
                 raise PolicyError(f"not supported in a sandbox: {bad}", "popen", bad)
         plan = self.plan
         prepared = Prepared(plan)
+        supervision = None
         try:
             env = kwargs.pop("env", None)
             if env is None:
                 env = self.environment(prepared.tmpdir)
             kwargs.setdefault("cwd", self.policy.cwd)
+            supervision = self._supervise(plan, prepared)
             if self.spawner == "fork":
                 from stockade.launch.reaper import is_subreaper
 
@@ -271,13 +280,38 @@ class Sandbox:
                         "Sandbox",
                         "spawner",
                     )
-                return SandboxProcess(list(args), prepared, env=env, **kwargs)
-            from stockade.launch.client import ServerProcess
+                proc: Any = SandboxProcess(list(args), prepared, env=env, **kwargs)
+            else:
+                from stockade.launch.client import ServerProcess
 
-            return ServerProcess(list(args), prepared, env=env, **kwargs)
+                proc = ServerProcess(list(args), prepared, env=env, **kwargs)
         except BaseException:
             prepared.close()
+            if supervision is not None:
+                # The child's end is closed: the supervisor sees EOF and
+                # lets go of the hand-off socket; leave nothing behind.
+                supervision.finished.wait(2.0)
             raise
+        proc.supervision = supervision
+        return proc
+
+    def _supervise(self, plan: EnforcementPlan, prepared: Prepared) -> Any:
+        """Start supervising the run *prepared* is for, if its plan needs
+        the supervisor; returns the session (None otherwise)."""
+        if plan.notify is None:
+            return None
+        from stockade.supervisor.launch import supervise
+
+        if self.policy.log is not None and self._log is None:
+            from stockade.supervisor.events import EventLog
+
+            self._log = EventLog(self.policy.log)
+        return supervise(plan, prepared, self.on_event, self._log)
+
+    @property
+    def event_log(self) -> Any:
+        """The ``log`` policy setting's open event log, or None."""
+        return self._log
 
     def run(
         self,
@@ -317,6 +351,11 @@ class Sandbox:
             proc.kill_tree()
             proc.wait()
             raise
+        session = getattr(proc, "supervision", None)
+        if session is not None:
+            # Every process of the run is reaped: the listener hangs up, and
+            # the supervisor lets go of it (bounded: never hang a result).
+            session.finished.wait(2.0)
         return Result(
             args=list(args),
             returncode=proc.returncode,
@@ -324,6 +363,7 @@ class Sandbox:
             stderr=err,
             timed_out=proc.timed_out,
             duration=time.monotonic() - start,
+            denials=denials_of(proc),
         )
 
 
@@ -402,29 +442,13 @@ def _communicate(
 __all__ = ["DEVNULL", "PIPE", "STDOUT", "Denial", "Result", "Sandbox"]
 
 
-def refuse_unsupervised(plan: EnforcementPlan) -> None:
-    """Refuse a plan whose rules only the supervisor can hold exactly.
 
-    Until the supervisor engine runs beside the sandbox, Landlock would
-    enforce only the outer bound of those rules: a weaker policy than the
-    one given, so it is an error instead.  The calls a restricted policy
-    traps for exactness beyond Landlock (metadata, UNIX connects, listen)
-    are not refused here: they were never enforced before the supervisor.
-    """
-    notify = plan.notify
-    if notify is None or not notify.categories:
-        return
-    from stockade.policy.model import Category
-
-    cats = sorted(notify.categories, key=lambda c: c.value)
-    concerned = set(cats)
-    if Category.READ in concerned:
-        concerned.add(Category.EXEC)  # exec without read routes read
-    rules = [str(r) for r in plan.policy.rules if r.category in concerned][-3:]
-    names = ", ".join(c.value for c in cats)
-    raise PolicyError(
-        f"{names} rules need the supervisor, which this release does not have yet "
-        f"(rules concerned: {'; '.join(rules) or 'sandbox/stat:on'})",
-        "policy",
-        "rules",
-    )
+def denials_of(proc: Any) -> list[Denial]:
+    """The denials a finished run's supervisor recorded."""
+    session = getattr(proc, "supervision", None)
+    if session is None:
+        return []
+    return [
+        Denial(e.syscall, e.category, e.target, e.pid, e.errno, e.rule)
+        for e in list(session.denials)
+    ]

@@ -53,11 +53,6 @@ def test_root_sandbox_cannot_change_metadata_outside(workdir: Path) -> None:
 
 
 @pytest.mark.skipif(is_root(), reason="the unprivileged case")
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Landlock (ABI 7) does not mediate chmod/utimes/xattrs; needs the supervisor (issue 5)",
-)
 def test_sandbox_cannot_change_metadata_of_its_users_files_outside(workdir: Path) -> None:
     target = _target(workdir)
     v = _run(target)

@@ -185,12 +185,6 @@ def test_bind_and_listen_are_refused() -> None:
     assert refused(v, errno.EACCES, "bind", "bind_port", "bind_v6") == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="listen() on an unbound socket binds an ephemeral port without Landlock's bind "
-    "hook (ABI 7); needs a network namespace (issue 4) or the supervisor (issue 5)",
-)
 def test_listen_without_bind_is_refused() -> None:
     v = probe(
         """

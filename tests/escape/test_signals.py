@@ -144,12 +144,6 @@ def test_abstract_socket_outside_is_refused() -> None:
         dgram.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Landlock (ABI 7) does not mediate connect() to pathname UNIX sockets; needs a "
-    "private root (issue 4) or the supervisor (issue 5)",
-)
 def test_pathname_socket_outside_the_allowed_trees(workdir: Path) -> None:
     allowed = workdir / "allowed"
     allowed.mkdir()

@@ -175,18 +175,19 @@ attempt("control exec", lambda: subprocess.run(["/bin/true"]).returncode)
     assert v["script"]["errno"] == errno.EACCES
 
 
-def test_exec_only_tree_is_refused_until_it_can_be_enforced(tree: Path) -> None:
+def test_exec_only_tree_executes_but_does_not_read(tree: Path) -> None:
     """Landlock needs READ_FILE as well as EXECUTE to run a file, so an exec
-    rule with no read over it can only be enforced by the supervisor.  It
-    is refused (nothing runs), not accepted as a rule that allows nothing."""
+    rule with no read over it is the supervisor's: the file runs, and a
+    plain read of it is EACCES."""
     d = tree / "ro"
-    marker = d.parent / "marker"
-    sb = stockade.Sandbox(read=SYSTEM, exec=[d])
-    with pytest.raises(stockade.PolicyError) as info:
-        sb.run([PROBE_PY, "-c", f"open({str(marker)!r}, 'w')"])
-    assert "exec" in str(info.value) and str(d) in str(info.value)
-    assert "\n" not in str(info.value)
-    assert not marker.exists()
+    body = _exec_body(str(d / "true")) + f"""
+attempt("read", lambda: open({str(d / "true")!r}, "rb").read(1))
+"""
+    res, v = run_probe(body, exec=[d])
+    assert res.returncode == 0, res.stderr
+    assert v["exec"] == {"name": "exec", "errno": 0, "value": 0}
+    assert v["read"]["errno"] == errno.EACCES
+    assert any(x.category == "read" and x.target == str(d / "true") for x in res.denials)
 
 
 def test_exec_rule_with_read_over_it_executes(tree: Path) -> None:

@@ -231,6 +231,9 @@ class ServerProcess(subprocess.Popen[Any]):
             if self.prepared.cgroup is not None:
                 names.append("cgroup")
                 fds.append(self.prepared.cgroup.procs_fd)
+            if self.prepared.handoff_fd >= 0:
+                names.append("notify")
+                fds.append(self.prepared.handoff_fd)
             request = Request(
                 args=[os.fsdecode(a) for a in args],
                 env=self._env,
@@ -240,8 +243,12 @@ class ServerProcess(subprocess.Popen[Any]):
                 fds=["conn", *names],
                 setup=child_options(plan),
                 filter_program=plan.filter_program,
+                notify_program=self.prepared.notify_program,
             )
-            conn = get().spawn(request, fds)
+            try:
+                conn = get().spawn(request, fds)
+            finally:
+                self.prepared.release_handoff()
             try:
                 reply = recv_message(conn)
             except OSError as err:

@@ -49,7 +49,13 @@ from typing import Any
 from stockade.errors import LaunchError
 from stockade.kernel import _ffi, caps
 from stockade.kernel.seccomp import PreparedFilter
-from stockade.launch.child import ChildSetup, decode_record, failed_target, read_record
+from stockade.launch.child import (
+    ChildSetup,
+    decode_record,
+    failed_target,
+    notify_setup,
+    read_record,
+)
 from stockade.launch.options import bounding_to_drop
 from stockade.launch.reaper import children, kill_tree
 
@@ -64,7 +70,9 @@ class Request:
     """One sandbox to start; the descriptors travel beside it (SCM_RIGHTS).
 
     ``fds`` names the received descriptors, in order: ``conn`` always, then
-    ``stdin``/``stdout``/``stderr``/``ruleset``/``cgroup`` when present.
+    ``stdin``/``stdout``/``stderr``/``ruleset``/``cgroup``/``notify`` when
+    present.  ``notify`` is the child's end of the supervisor's hand-off
+    socket; with it, ``notify_program`` is installed last with a listener.
     """
 
     args: list[str]
@@ -75,6 +83,7 @@ class Request:
     setup: dict[str, Any] = field(default_factory=dict)
     filter_program: bytes = b""
     filter_flags: int = 0
+    notify_program: bytes = b""
 
 
 def send_message(sock: socket.socket, obj: object, fds: list[int] = ()) -> None:  # type: ignore[assignment]
@@ -204,6 +213,7 @@ class Server:
                 seccomp_filter=PreparedFilter(req.filter_program, req.filter_flags)
                 if req.filter_program
                 else None,
+                **notify_setup(req.notify_program, fds.get("notify")),
             )
             try:
                 proc = subprocess.Popen(

@@ -20,7 +20,13 @@ from typing import Any
 from stockade.errors import LaunchError, PolicyError, UnsupportedError
 from stockade.kernel import caps, cgroup, landlock
 from stockade.kernel.seccomp import PreparedFilter
-from stockade.launch.child import ChildSetup, decode_record, failed_target, read_record
+from stockade.launch.child import (
+    ChildSetup,
+    decode_record,
+    failed_target,
+    notify_setup,
+    read_record,
+)
 from stockade.launch.options import bounding_to_drop, child_options
 from stockade.launch.reaper import kill_tree
 from stockade.plan import EnforcementPlan
@@ -34,6 +40,10 @@ class Prepared:
         self.ruleset_fd = -1
         self.tmpdir: str | None = None
         self.cgroup: cgroup.PidsCgroup | None = None
+        #: The notify filter and the child's end of the supervisor's
+        #: hand-off socket, set by whoever supervises (see supervisor/).
+        self.notify_program = b""
+        self.handoff_fd = -1
         try:
             if plan.policy.private_tmp:
                 import tempfile  # imported here: it costs the command line's start-up
@@ -50,8 +60,17 @@ class Prepared:
             self.close()
             raise
 
+    def release_handoff(self) -> None:
+        """Close our copy of the child's hand-off end once the child (or the
+        fork server) holds its own: the supervisor then sees EOF if the
+        child dies before handing its listener over."""
+        if self.handoff_fd >= 0:
+            os.close(self.handoff_fd)
+            self.handoff_fd = -1
+
     def close(self) -> None:
         """Release the ruleset, the cgroup and the private tmp; idempotent."""
+        self.release_handoff()
         if self.ruleset_fd >= 0:
             os.close(self.ruleset_fd)
             self.ruleset_fd = -1
@@ -154,7 +173,9 @@ class SandboxProcess(subprocess.Popen[Any]):
                 cgroup_procs_fd=prepared.cgroup.procs_fd if prepared.cgroup else None,
                 landlock_fd=prepared.ruleset_fd,
                 seccomp_filter=prepared.filter,
-            )
+                **notify_setup(prepared.notify_program,
+                               prepared.handoff_fd if prepared.handoff_fd >= 0 else None),
+            )  # fmt: skip
             try:
                 super().__init__(
                     list(args),
@@ -165,6 +186,7 @@ class SandboxProcess(subprocess.Popen[Any]):
                 )
             finally:
                 os.close(write_fd)
+                prepared.release_handoff()
             record = read_record(read_fd)
         finally:
             os.close(read_fd)

@@ -1,0 +1,334 @@
+"""The notification loop: one receiver thread, a pool of workers.
+
+Threads and their contract (one :class:`Supervisor` per process serves
+every sandbox the process runs):
+
+- The **receiver** waits in ``epoll`` on every sandbox's listener fd and
+  every pending hand-off socket.  It only ever does non-blocking work:
+  ``SECCOMP_IOCTL_NOTIF_RECV`` on a listener that polled readable, taking
+  a listener over from a child, and queueing.  It never runs a handler, so
+  one slow handler (an open of a FIFO, a connect) never delays another
+  sandbox or another thread's call.
+- **Workers** take ``(session, notification)`` pairs from one queue and run
+  the handler.  A worker that finds nothing to do for ``IDLE_SECONDS``
+  retires (all but one).  The receiver starts a new worker whenever it
+  queues work and no worker is idle, up to ``MAX_WORKERS``.
+  The hand-off race (a worker deciding to retire just as work is queued
+  for it) is closed by one lock: the receiver queues and reads the idle
+  count under it, and a worker retires only if, under it, the queue is
+  empty; otherwise it takes the work.
+- The **sentinel**: whatever a handler raises, the call it was handling is
+  answered EACCES and the worker carries on.  A handler that answered
+  already makes that second answer fail with ENOENT, which is ignored.
+- A listener is closed only once its sandbox is gone (POLLHUP) *and* no
+  worker still holds one of its notifications, so a worker never answers
+  on a reused descriptor number.
+
+Workers of a privileged process drop their effective capabilities at start
+(per thread), so that what they do on a sandbox's behalf is checked by the
+kernel with the same rights the sandbox has (a root sandbox runs with no
+capabilities).  They also unshare their filesystem attributes, so that the
+umask they set for a brokered create is theirs alone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import queue
+import select
+import socket
+import struct
+import threading
+
+from stockade.kernel import _ffi, notify, procmem
+
+IDLE_SECONDS = 5.0
+MAX_WORKERS = 64
+MIN_WORKERS = 1
+
+CLONE_FS = 0x00000200
+SYS_capset = 126
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+#: One hand-off record: the listener's descriptor number in the child.
+HANDOFF = struct.Struct("=i")
+
+
+class Worker:
+    """Per-thread scratch: answer structs and a memory reader, allocated
+    once so that handling a call allocates as little as possible."""
+
+    def __init__(self) -> None:
+        self.resp = notify.Responder()
+        self.mem = procmem.MemReader()
+
+
+class Session:
+    """One sandbox under supervision: subclassed by the dispatcher that
+    knows the handlers (:class:`stockade.supervisor.session.SandboxSession`).
+    """
+
+    def __init__(self) -> None:
+        self.listener = -1
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._hup = False
+        #: Set once the listener is closed (or was never received).
+        self.finished = threading.Event()
+        #: Set once the listener was received (or the hand-off failed).
+        self.attached = threading.Event()
+
+    def handle(self, worker: Worker, notif: notify.SeccompNotif) -> None:
+        """Answer *notif*; runs in a worker.  May raise: the sentinel then
+        answers EACCES."""
+        raise NotImplementedError
+
+    def handler_failed(self, notif: notify.SeccompNotif, err: BaseException) -> None:
+        """Told after the sentinel answered EACCES for *notif*."""
+
+    def closed(self) -> None:
+        """Told once the listener is closed."""
+
+    # -- bookkeeping, called by the supervisor --------------------------------
+
+    def _take(self) -> None:
+        with self._lock:
+            self._pending += 1
+
+    def _release(self) -> None:
+        with self._lock:
+            self._pending -= 1
+            close = self._hup and self._pending == 0
+        if close:
+            self._close()
+
+    def _hangup(self) -> None:
+        with self._lock:
+            self._hup = True
+            close = self._pending == 0
+        if close:
+            self._close()
+
+    def _close(self) -> None:
+        with self._lock:
+            fd, self.listener = self.listener, -1
+        if fd >= 0:
+            os.close(fd)
+        self.attached.set()
+        self.finished.set()
+        self.closed()
+
+
+class Supervisor:
+    """The receiver thread and the worker pool of this process."""
+
+    def __init__(self) -> None:
+        self._ep = select.epoll()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._ep.register(self._wake_r, select.EPOLLIN)
+        # fd -> (kind, session, socket or None)
+        self._watched: dict[int, tuple[str, Session, socket.socket | None]] = {}
+        self._new: list[tuple[socket.socket, Session]] = []
+        self._queue: queue.SimpleQueue[tuple[Session, notify.SeccompNotif]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._unclaimed = 0
+        self._workers = 0
+        self._privileged = os.geteuid() == 0
+        self._sync_wakeup = True
+        self._receiver = threading.Thread(target=self._receive, name="stockade-receiver",
+                                          daemon=True)  # fmt: skip
+        self._receiver.start()
+
+    @property
+    def workers(self) -> int:
+        """Live worker threads (for tests of idle retirement)."""
+        with self._lock:
+            return self._workers
+
+    def adopt(self, handoff: socket.socket, session: Session) -> None:
+        """Take over the listener that a child will send on *handoff* (our
+        end of the hand-off socket pair, SO_PASSCRED set), then supervise
+        it in *session*.  Returns at once; the receiver does the rest."""
+        with self._lock:
+            self._new.append((handoff, session))
+        os.write(self._wake_w, b"x")
+
+    # -- receiver ---------------------------------------------------------------
+
+    def _receive(self) -> None:
+        ep = self._ep
+        while True:
+            try:
+                events = ep.poll()
+            except InterruptedError:
+                continue
+            for fd, mask in events:
+                if fd == self._wake_r:
+                    self._take_new()
+                    continue
+                entry = self._watched.get(fd)
+                if entry is None:
+                    continue
+                kind, session, sock = entry
+                if kind == "handoff":
+                    assert sock is not None
+                    self._handoff(sock, session)
+                elif mask & select.EPOLLIN:
+                    self._recv(fd, session)
+                elif mask & (select.EPOLLHUP | select.EPOLLERR):
+                    ep.unregister(fd)
+                    del self._watched[fd]
+                    session._hangup()
+
+    def _take_new(self) -> None:
+        try:
+            os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            pass
+        with self._lock:
+            new, self._new = self._new, []
+        for sock, session in new:
+            self._watched[sock.fileno()] = ("handoff", session, sock)
+            self._ep.register(sock.fileno(), select.EPOLLIN)
+
+    def _handoff(self, sock: socket.socket, session: Session) -> None:
+        """Read the child's record, take its listener with pidfd_getfd, and
+        acknowledge so that it may exec.  On any failure the socket is
+        closed without acknowledgement: the child fails its hand-off step
+        and never runs the command unsupervised."""
+        fd = sock.fileno()
+        self._ep.unregister(fd)
+        del self._watched[fd]
+        listener = -1
+        try:
+            data, anc, _flags, _addr = sock.recvmsg(
+                HANDOFF.size, socket.CMSG_SPACE(struct.calcsize("3i"))
+            )
+            pid = -1
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    pid = struct.unpack("3i", payload[:12])[0]
+            if len(data) == HANDOFF.size and pid > 0:
+                (number,) = HANDOFF.unpack(data)
+                pidfd = procmem.pidfd_open(pid)
+                try:
+                    listener = procmem.pidfd_getfd(pidfd, number)
+                finally:
+                    os.close(pidfd)
+                if os.readlink(f"/proc/self/fd/{listener}") != "anon_inode:seccomp notify":
+                    os.close(listener)
+                    listener = -1
+        except OSError:
+            if listener >= 0:
+                os.close(listener)
+            listener = -1
+        if listener < 0:
+            sock.close()
+            session._close()
+            return
+        if self._sync_wakeup:
+            self._sync_wakeup = notify.set_sync_wakeup(listener)
+        session.listener = listener
+        self._watched[listener] = ("listener", session, None)
+        self._ep.register(listener, select.EPOLLIN)
+        session.attached.set()
+        try:
+            sock.send(b"k")
+        except OSError:
+            pass  # the child died meanwhile: its listener hangs up
+        sock.close()
+
+    def _recv(self, fd: int, session: Session) -> None:
+        notif = notify.SeccompNotif()
+        try:
+            notify.recv(fd, notif)
+        except OSError as err:
+            if err.errno == errno.ENOENT:
+                return  # the caller went away (killed, or a signal)
+            raise
+        session._take()
+        with self._lock:
+            self._queue.put((session, notif))
+            if self._idle > 0:
+                self._idle -= 1
+                return
+            if self._workers >= MAX_WORKERS:
+                self._unclaimed += 1  # the next worker to finish takes it
+                return
+            self._workers += 1
+        threading.Thread(target=self._work, name="stockade-worker", daemon=True).start()
+
+    # -- workers ----------------------------------------------------------------
+
+    def _work(self) -> None:
+        self._confine_thread()
+        worker = Worker()
+        q = self._queue
+        while True:
+            try:
+                session, notif = q.get(timeout=IDLE_SECONDS)
+            except queue.Empty:
+                with self._lock:
+                    if q.empty() and self._workers > MIN_WORKERS:
+                        self._workers -= 1
+                        self._idle -= 1
+                        return
+                continue
+            self._run(worker, session, notif)
+            with self._lock:
+                if self._unclaimed:
+                    # Work queued while every worker was busy: it is ours,
+                    # and we are not idle.
+                    self._unclaimed -= 1
+                else:
+                    self._idle += 1
+
+    def _run(self, worker: Worker, session: Session, notif: notify.SeccompNotif) -> None:
+        try:
+            session.handle(worker, notif)
+        except BaseException as err:  # noqa: BLE001 - the sentinel: any failure denies this call
+            try:
+                # Recorded before the answer: once answered, the caller may
+                # exit and its run's result be read.
+                session.handler_failed(notif, err)
+            except Exception:  # noqa: BLE001, S110 - reporting must not stop the answer
+                pass
+            worker.resp.send(session.listener, notif.id, error=errno.EACCES)
+        finally:
+            session._release()
+
+    def _confine_thread(self) -> None:
+        # A private fs_struct: the umask a brokered create sets is ours.
+        _ffi.syscall(_ffi.SYS_unshare, CLONE_FS)
+        if self._privileged:
+            header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+            data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable: empty
+            _ffi.syscall(SYS_capset, header, data)
+
+
+_supervisor: Supervisor | None = None
+_supervisor_pid = -1
+_supervisor_lock = threading.Lock()
+
+
+def get() -> Supervisor:
+    """This process's supervisor (started on first use; a forked child
+    gets its own)."""
+    global _supervisor, _supervisor_pid
+    with _supervisor_lock:
+        if _supervisor is None or _supervisor_pid != os.getpid():
+            _supervisor = Supervisor()
+            _supervisor_pid = os.getpid()
+        return _supervisor
+
+
+def handoff_pair() -> tuple[socket.socket, socket.socket]:
+    """``(ours, the child's)``: the socket pair a listener is handed over on.
+    Ours receives the sender's pid with every message (SO_PASSCRED)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    return ours, theirs
+
