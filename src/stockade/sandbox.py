@@ -233,6 +233,7 @@ class Sandbox:
                     self.policy,
                     kernel_facts(),
                     observe=observed_categories(self.on_event is not None, self.policy.log),
+                    is_dir=os.path.isdir,
                 )
             return self._plan
 
@@ -440,7 +441,6 @@ def _communicate(
 
 
 __all__ = ["DEVNULL", "PIPE", "STDOUT", "Denial", "Result", "Sandbox"]
-
 
 
 def denials_of(proc: Any) -> list[Denial]:

@@ -17,6 +17,7 @@ every system call of the category with the rules' exact meaning.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from stockade.errors import UnsupportedError
@@ -105,7 +106,10 @@ MASKED_CATEGORIES = frozenset(CATEGORY_RIGHTS)
 
 
 def compile_fs(
-    policy: Policy, abi: int, can_mask: bool = False
+    policy: Policy,
+    abi: int,
+    can_mask: bool = False,
+    is_dir: Callable[[str], bool] | None = None,
 ) -> tuple[AccessFs, tuple[PathGrant, ...], tuple[str, ...], frozenset[Category]]:
     """The handled rights, the grants, the paths to mask, and the
     categories routed to the supervisor.
@@ -115,6 +119,10 @@ def compile_fs(
     denied for every filesystem category becomes a mask: an unreadable
     empty file or directory mounted over it.  Anything else routes its
     category, whose grants then bound what the supervisor may allow.
+
+    *is_dir* (``os.path.isdir`` from the launcher; None in pure use) finds
+    literal allow rules that name a directory: Landlock cannot allow a
+    directory without what is beneath it, so such a rule routes too.
     """
     known = fs_rights_for_abi(abi)
     handled = AccessFs(0)
@@ -136,7 +144,7 @@ def compile_fs(
                 )
         handled |= rights & known
         rules = policy.rules_for(category)
-        if any(r.action is Action.ALLOW and not _exact_allow(r, category) for r in rules):
+        if any(r.action is Action.ALLOW and not _exact_allow(r, category, is_dir) for r in rules):
             routed.add(category)
         allowed: list[Rule] = []
         for index, rule in enumerate(rules):
@@ -172,10 +180,12 @@ def compile_fs(
 NAMED_IN_PARENT = frozenset({Category.CREATE, Category.DELETE})
 
 
-def _exact_allow(rule: Rule, category: Category) -> bool:
+def _exact_allow(rule: Rule, category: Category, is_dir: Callable[[str], bool] | None) -> bool:
     if patterns.tree_root(rule.pattern) is not None:
         return True
-    return patterns.is_literal(rule.pattern) and category not in NAMED_IN_PARENT
+    if not patterns.is_literal(rule.pattern) or category in NAMED_IN_PARENT:
+        return False
+    return is_dir is None or not is_dir(rule.pattern)
 
 
 def _bound(pattern: str, routed: bool, in_parent: bool) -> tuple[str, bool]:
@@ -342,10 +352,14 @@ def tmpfs_rights(handled: AccessFs) -> AccessFs:
 
 
 def compile_landlock(
-    policy: Policy, net: NetPlan, abi: int, can_mask: bool = False
+    policy: Policy,
+    net: NetPlan,
+    abi: int,
+    can_mask: bool = False,
+    is_dir: Callable[[str], bool] | None = None,
 ) -> LandlockPlan:
     """The Landlock ruleset for *policy* on a kernel with ABI *abi*."""
-    handled_fs, grants, masks, routed = compile_fs(policy, abi, can_mask)
+    handled_fs, grants, masks, routed = compile_fs(policy, abi, can_mask, is_dir)
     grants += mount_grants(policy, handled_fs)
     handled_net = AccessNet(0)
     port_rules: list[tuple[int, AccessNet]] = []

@@ -6,9 +6,12 @@ into allow rules a person can read and that still let the same program run
 without a denial:
 
 * **System trees.**  Reading or executing beneath ``/usr``, ``/lib*``,
-  ``/bin`` or ``/sbin`` allows the whole tree (``/usr/***``): a program's
-  libraries and interpreter modules change with every upgrade, and these
-  trees hold nothing private.  Writes there stay literal.
+  ``/bin`` or ``/sbin`` allows reading and executing the whole tree
+  (``/usr/***``), as ``-r`` does: a program's libraries and interpreter
+  modules change with every upgrade, these trees hold nothing private,
+  and the kernel itself executes the dynamic loader and ``#!``
+  interpreters found there, which no event shows.  Writes there stay
+  literal.
 * **Pseudo file systems.**  ``/proc`` paths name process ids that change
   from run to run: reading there allows ``/proc/***`` (as the default
   profile does), other access a ``/proc/*/...`` glob.  ``/sys`` reads
@@ -151,6 +154,13 @@ def collapse(
         paths[cat].add(target)
         if cat is Category.EXEC:
             paths[Category.READ].add(target)
+        elif cat is Category.READ:
+            # The kernel executes the dynamic loader and script interpreters
+            # itself (no exec event shows them); they live in the system
+            # trees, where reading implies executing, as -r does.
+            root = next((r for r in opts.system_trees if _under(target, r)), None)
+            if root is not None:
+                paths[Category.EXEC].add(root)
     rules: list[Rule] = []
     for cat in _FS_ORDER:
         patterns = _collapse_paths(cat, paths.get(cat, set()), is_dir, opts)
