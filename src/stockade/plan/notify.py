@@ -149,6 +149,7 @@ __all__ = [
     "build_notify_program",
     "compile_notify",
     "implicit_rules",
+    "private_tmp_rules",
 ]
 
 # open(2) flags on x86_64 (include/uapi/asm-generic/fcntl.h).
@@ -548,6 +549,27 @@ class NotifyPlan:
         self._implicit = (*self._implicit, *extra)
         return self.replace_rules(current)
 
+    def for_run(self, private_tmp: str | None = None) -> NotifyPlan:
+        """A plan for one run of a sandbox: the same rules, traps and
+        resolved prefixes, with caches of its own, plus allow rules for the
+        run's private tmp directory *private_tmp* (made at launch, so no
+        policy names it; Landlock grants it every right, and so must the
+        supervisor: ``chmod``/``utimensat`` there are decided as write)."""
+        extra = private_tmp_rules(private_tmp) if private_tmp is not None else ()
+        run = NotifyPlan(
+            self._state.rules[len(self._implicit) :],
+            self._state.enabled,
+            self.categories,
+            self.traps,
+            audit=self.audit,
+            resolver=self._resolver,
+            implicit=(*self._implicit, *extra),
+        )
+        if self._aliases:
+            run._aliases.update(self._aliases)
+            run.replace_rules(self._state.rules[len(self._implicit) :])
+        return run
+
     def resolve_rule_paths(self, realpath: Callable[[str], str]) -> int:
         """Let each rule also match under its resolved literal prefix.
 
@@ -682,6 +704,15 @@ def implicit_rules(policy: Policy) -> tuple[Rule, ...]:
         for category in readonly if ro else tuple(CATEGORY_RIGHTS):
             out.append(Rule(Action.ALLOW, category, patterns.validate_pattern(tree)))
     return tuple(out)
+
+
+def private_tmp_rules(path: str) -> tuple[Rule, ...]:
+    """Allow rules for a private tmp directory: every filesystem category
+    but stat, as Landlock grants it (``launch/spawn.py``)."""
+    from stockade.plan.landlock import CATEGORY_RIGHTS
+
+    tree = patterns.validate_pattern(patterns.escape_path(path.rstrip("/") or "/") + "/***")
+    return tuple(Rule(Action.ALLOW, c, tree) for c in CATEGORY_RIGHTS)
 
 
 def _merge(traps: dict[str, Trap], trap: Trap) -> None:
