@@ -85,15 +85,15 @@ Decisions
 =========
 
 :meth:`NotifyPlan.decide` applies SPEC section 4: the last matching rule of
-the category wins, and with no match a category that is on denies.  The
-rules of a category compile to one regular expression, the alternatives in
-reverse order, so the first alternative that matches is the last matching
-rule (Python's engine tries alternatives in order, backtracking into the
-next one until the whole path matches); ``lastindex`` names it.  Decisions
-are cached per category and path; the cache belongs to the compiled rule
-set, which :meth:`NotifyPlan.replace_rules` swaps as a whole, so a change
-of rules can never be answered from a stale cache, and the generation
-counter says which rule set decided.
+the category wins, and with no match a category that is on denies.  Every
+path a pattern matches lies at or beneath the pattern's literal prefix, so
+rules are filed by that prefix: a decision looks up the path's ancestors
+(a few dict lookups, whatever the number of rules), tries the rules found
+there from the last back, and only globs run a matcher.  Decisions are
+cached per category and path; the cache belongs to the compiled rule set,
+which :meth:`NotifyPlan.replace_rules` swaps as a whole, so a change of
+rules can never be answered from a stale cache, and the generation counter
+says which rule set decided.  ``bench/notify_decide.py`` measures it.
 
 Hostnames in network rules are resolved **by the supervisor**, at decision
 time, with forward lookups cached for :data:`HOSTNAME_TTL` seconds (never
@@ -108,7 +108,6 @@ closed.
 from __future__ import annotations
 
 import errno
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -287,7 +286,8 @@ class Trap:
 # -- compiled rules -----------------------------------------------------------
 
 
-_Entry = tuple[int, "re.Pattern[str] | None"]
+#: (rule index, the glob's matcher or None when filing alone decides).
+_Entry = tuple[int, "Callable[[str], bool] | None"]
 
 
 class _PathRules:
@@ -323,8 +323,8 @@ class _PathRules:
                 elif patterns.is_literal(pattern):
                     exact.setdefault(pattern, []).append((i, None))
                 else:
-                    regex = re.compile(patterns.regex_source(pattern), re.DOTALL)
-                    index.setdefault(patterns.literal_prefix(pattern), []).append((i, regex))
+                    match = patterns.compile_pattern(pattern).match
+                    index.setdefault(patterns.literal_prefix(pattern), []).append((i, match))
         self._index = {k: tuple(v) for k, v in index.items()}
         self._exact = {k: tuple(v) for k, v in exact.items()}
 
@@ -352,8 +352,8 @@ class _PathRules:
         verdict = self.default
         if candidates:
             candidates.sort(key=_first, reverse=True)
-            for i, regex in candidates:
-                if regex is None or regex.fullmatch(path) is not None:
+            for i, match in candidates:
+                if match is None or match(path):
                     verdict = self._verdicts[i]
                     break
         if len(self.cache) >= CACHE_LIMIT:
