@@ -234,6 +234,7 @@ class Sandbox:
                     kernel_facts(),
                     observe=observed_categories(self.on_event is not None, self.policy.log),
                     is_dir=os.path.isdir,
+                    exists=os.path.exists,
                 )
             return self._plan
 

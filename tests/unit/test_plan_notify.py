@@ -459,3 +459,22 @@ def test_a_literal_rule_naming_a_directory_goes_to_the_supervisor() -> None:
     assert ("/srv/data", True) in {(g.path, g.tree) for g in plan.landlock.grants}
     files_only = compile_plan(p, facts(), is_dir=lambda _p: False)
     assert files_only.notify is None
+
+
+def test_a_missing_path_in_a_writable_tree_is_denied_by_the_supervisor() -> None:
+    """A mask needs something to cover; the sandbox could create the path
+    after the launch, so the deny goes to the supervisor instead."""
+    p = PolicyBuilder("t").profile("none").write("/srv").deny("/srv/secret").build()
+    present = compile_plan(p, facts(), exists=lambda _p: True)
+    assert present.landlock.masks == ("/srv/secret",)
+    missing = compile_plan(p, facts(), exists=lambda path: path != "/srv/secret")
+    assert missing.landlock.masks == ()
+    assert missing.notify is not None
+    assert {Category.READ, Category.WRITE, Category.CREATE} <= missing.notify.categories
+    assert not missing.notify.decide(Category.CREATE, "/srv/secret").allow
+    assert not missing.notify.decide(Category.WRITE, "/srv/secret/x").allow
+    assert missing.notify.decide(Category.CREATE, "/srv/other").allow
+    # Outside any writable tree a missing path needs nothing: it stays a mask
+    # (skipped at launch), since nothing can be created there.
+    ro = PolicyBuilder("t").profile("none").read("/srv").deny("/srv/secret").build()
+    assert compile_plan(ro, facts(), exists=lambda _p: False).landlock.masks == ("/srv/secret",)

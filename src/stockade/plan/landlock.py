@@ -110,6 +110,7 @@ def compile_fs(
     abi: int,
     can_mask: bool = False,
     is_dir: Callable[[str], bool] | None = None,
+    exists: Callable[[str], bool] | None = None,
 ) -> tuple[AccessFs, tuple[PathGrant, ...], tuple[str, ...], frozenset[Category]]:
     """The handled rights, the grants, the paths to mask, and the
     categories routed to the supervisor.
@@ -123,6 +124,9 @@ def compile_fs(
     *is_dir* (``os.path.isdir`` from the launcher; None in pure use) finds
     literal allow rules that name a directory: Landlock cannot allow a
     directory without what is beneath it, so such a rule routes too.
+    *exists* (``os.path.exists``) finds denied paths that do not exist yet
+    where the sandbox may create them: a mask needs something to cover, so
+    such a deny routes its categories instead.
     """
     known = fs_rights_for_abi(abi)
     handled = AccessFs(0)
@@ -153,7 +157,7 @@ def compile_fs(
                 continue
             if not any(patterns.may_overlap(e.pattern, rule.pattern) for e in allowed):
                 continue  # denied by default already
-            target = _mask_target(rule, policy, category, index) if can_mask else None
+            target = _mask_target(rule, policy, category, index, exists) if can_mask else None
             if target is None:
                 routed.add(category)
             else:
@@ -208,9 +212,16 @@ def _bound(pattern: str, routed: bool, in_parent: bool) -> tuple[str, bool]:
     return patterns.literal_prefix(pattern), True
 
 
-def _mask_target(rule: Rule, policy: Policy, category: Category, index: int) -> str | None:
+def _mask_target(
+    rule: Rule,
+    policy: Policy,
+    category: Category,
+    index: int,
+    exists: Callable[[str], bool] | None = None,
+) -> str | None:
     """The path a mask may stand for *rule*, or None when a mask would deny
-    more than the policy says."""
+    more than the policy says, or could not cover the path (missing, where
+    the sandbox may create it)."""
     root = patterns.tree_root(rule.pattern)
     path = root if root is not None else rule.pattern
     if not patterns.is_literal(path) or path == "/":
@@ -225,6 +236,13 @@ def _mask_target(rule: Rule, policy: Policy, category: Category, index: int) -> 
     for later in policy.rules_for(category)[index + 1 :]:
         if later.action is Action.ALLOW and patterns.may_overlap(later.pattern, rule.pattern):
             return None  # a later allow reopens part of it: a mask would hide that
+    if exists is not None and not exists(path):
+        creatable = any(
+            r.action is Action.ALLOW and patterns.may_overlap(r.pattern, rule.pattern)
+            for r in policy.rules_for(Category.CREATE)
+        )
+        if creatable and Category.CREATE in policy.enabled:
+            return None  # nothing to mount over, and the sandbox could create it
     return path
 
 
@@ -357,9 +375,10 @@ def compile_landlock(
     abi: int,
     can_mask: bool = False,
     is_dir: Callable[[str], bool] | None = None,
+    exists: Callable[[str], bool] | None = None,
 ) -> LandlockPlan:
     """The Landlock ruleset for *policy* on a kernel with ABI *abi*."""
-    handled_fs, grants, masks, routed = compile_fs(policy, abi, can_mask, is_dir)
+    handled_fs, grants, masks, routed = compile_fs(policy, abi, can_mask, is_dir, exists)
     grants += mount_grants(policy, handled_fs)
     handled_net = AccessNet(0)
     port_rules: list[tuple[int, AccessNet]] = []
