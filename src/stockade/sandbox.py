@@ -233,6 +233,8 @@ class Sandbox:
                     self.policy,
                     kernel_facts(),
                     observe=observed_categories(self.on_event is not None, self.policy.log),
+                    is_dir=os.path.isdir,
+                    exists=os.path.exists,
                 )
             return self._plan
 

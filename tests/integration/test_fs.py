@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import stockade
-from conftest import PROBE_PY, SYSTEM, probe_code, run_probe, verdicts
+from conftest import PROBE_PY, probe_code, run_probe, verdicts
 
 CONTENT = "original content\n"
 
@@ -219,16 +219,26 @@ def test_single_file_rule_allows_that_file_only(workdir: Path) -> None:
     assert v["write one"]["errno"] == errno.EACCES
 
 
-def test_rule_on_a_directory_without_tree_suffix_is_a_policy_error(workdir: Path) -> None:
-    marker = workdir / "marker"
-    # Refused at Sandbox(...) or at the start, before anything runs.
-    with pytest.raises(stockade.PolicyError) as info:
-        sb = stockade.Sandbox(read=SYSTEM, rules=[f"allow/read+{workdir}"], write=[workdir])
-        sb.run(["/bin/sh", "-c", f"touch {marker}"])
-    assert isinstance(info.value, ValueError)
-    assert f"{workdir}/***" in str(info.value)
-    assert "\n" not in str(info.value)
-    assert not marker.exists()
+def test_rule_on_a_directory_alone_lists_it_and_nothing_beneath(workdir: Path) -> None:
+    """Landlock cannot allow a directory without what is beneath it; the
+    supervisor can: listing is allowed, its files and subdirectories not."""
+    d = workdir / "dir"
+    (d / "inner").mkdir(parents=True)
+    (d / "file.txt").write_text("content\n")
+    (d / "inner" / "deep.txt").write_text("deep\n")
+    res, v = run_probe(
+        f"""
+        attempt("list", lambda: sorted(os.listdir({str(d)!r})))
+        attempt("read file", lambda: open({str(d / "file.txt")!r}).read())
+        attempt("list inner", lambda: os.listdir({str(d / "inner")!r}))
+        attempt("read deep", lambda: open({str(d / "inner" / "deep.txt")!r}).read())
+        """,
+        rules=[f"allow/read+{d}"],
+    )
+    assert res.returncode == 0, res.stderr
+    assert v["list"] == {"name": "list", "errno": 0, "value": ["file.txt", "inner"]}
+    for name in ("read file", "list inner", "read deep"):
+        assert v[name]["errno"] == errno.EACCES, v[name]
 
 
 def test_write_category_off_leaves_writes_unrestricted(tree: Path) -> None:

@@ -413,3 +413,68 @@ def test_a_trap_description_matches_its_program() -> None:
                 args[trap.flags_arg] = flags
             want = SECCOMP_RET_USER_NOTIF if trap.traps(tuple(args)) else SECCOMP_RET_ALLOW
             assert run_filter(program, trap.nr, tuple(args)) == want, (trap, flags)
+
+
+def test_create_and_delete_of_one_name_are_decided_by_the_supervisor() -> None:
+    """Landlock checks making and removing an entry on the parent directory:
+    a rule on one file name cannot be a Landlock rule, so the category is
+    routed and Landlock bounds it by the parent's tree."""
+    plan = compile_plan(policy(*BASIC, "allow/create+/srv/out.txt", *NO_WRITE), facts())
+    assert plan.notify is not None and plan.notify.categories == {Category.CREATE}
+    grant = next(g for g in plan.landlock.grants if g.rights & AccessFs.MAKE_REG)
+    assert (grant.path, grant.tree) == ("/srv", True)
+    assert plan.notify.decide(Category.CREATE, "/srv/out.txt").allow
+    assert not plan.notify.decide(Category.CREATE, "/srv/other.txt").allow
+    trees = compile_plan(policy(*BASIC, "allow/create+/srv/***", *NO_WRITE), facts())
+    assert trees.notify is None
+
+
+def test_a_run_gets_its_private_tmp_and_its_own_caches() -> None:
+    p = policy("allow/write+/srv/***", "deny/write+/srv/*.lock", "sandbox/stat:on")
+    plan = compile_notify(p, frozenset({Category.WRITE, Category.STAT}))
+    assert plan is not None
+    plan.resolve_rule_paths(lambda q: "/data/srv" if q == "/srv" else q)
+    assert not plan.decide(Category.WRITE, "/tmp/stockade-tmp-ab/x").allow
+    run = plan.for_run("/tmp/stockade-tmp-ab")
+    assert run.traps == plan.traps and run.categories == plan.categories
+    assert run.decide(Category.WRITE, "/tmp/stockade-tmp-ab/x").allow
+    assert run.decide(Category.CREATE, "/tmp/stockade-tmp-ab").allow
+    assert not run.decide(Category.STAT, "/tmp/stockade-tmp-ab/x").allow  # stat rules stay
+    assert not run.decide(Category.WRITE, "/tmp/stockade-tmp-cd/x").allow  # another run's
+    assert run.decide(Category.WRITE, "/data/srv/a").allow  # resolved prefixes kept
+    assert not run.decide(Category.WRITE, "/data/srv/a.lock").allow
+    # The sandbox's plan is unchanged: runs do not leak into each other.
+    assert not plan.decide(Category.WRITE, "/tmp/stockade-tmp-ab/x").allow
+
+
+def test_a_literal_rule_naming_a_directory_goes_to_the_supervisor() -> None:
+    """Landlock cannot allow a directory without its contents: with the
+    launcher's is_dir, such a rule is routed (and bounded by the tree)."""
+    p = policy(*BASIC, "allow/read+/srv/data", "allow/read+/srv/file.txt", *NO_WRITE)
+    dirs = {"/srv/data"}
+    plan = compile_plan(p, facts(), is_dir=dirs.__contains__)
+    assert plan.notify is not None and plan.notify.categories == {Category.READ}
+    assert plan.notify.decide(Category.READ, "/srv/data").allow
+    assert not plan.notify.decide(Category.READ, "/srv/data/inner").allow
+    assert ("/srv/data", True) in {(g.path, g.tree) for g in plan.landlock.grants}
+    files_only = compile_plan(p, facts(), is_dir=lambda _p: False)
+    assert files_only.notify is None
+
+
+def test_a_missing_path_in_a_writable_tree_is_denied_by_the_supervisor() -> None:
+    """A mask needs something to cover; the sandbox could create the path
+    after the launch, so the deny goes to the supervisor instead."""
+    p = PolicyBuilder("t").profile("none").write("/srv").deny("/srv/secret").build()
+    present = compile_plan(p, facts(), exists=lambda _p: True)
+    assert present.landlock.masks == ("/srv/secret",)
+    missing = compile_plan(p, facts(), exists=lambda path: path != "/srv/secret")
+    assert missing.landlock.masks == ()
+    assert missing.notify is not None
+    assert {Category.READ, Category.WRITE, Category.CREATE} <= missing.notify.categories
+    assert not missing.notify.decide(Category.CREATE, "/srv/secret").allow
+    assert not missing.notify.decide(Category.WRITE, "/srv/secret/x").allow
+    assert missing.notify.decide(Category.CREATE, "/srv/other").allow
+    # Outside any writable tree a missing path needs nothing: it stays a mask
+    # (skipped at launch), since nothing can be created there.
+    ro = PolicyBuilder("t").profile("none").read("/srv").deny("/srv/secret").build()
+    assert compile_plan(ro, facts(), exists=lambda _p: False).landlock.masks == ("/srv/secret",)

@@ -8,6 +8,7 @@ as arguments, so every decision here is unit-testable without a kernel.
 from __future__ import annotations
 
 import resource
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -99,12 +100,20 @@ def compile_plan(
     *,
     audit: bool = False,
     observe: frozenset[Category] = frozenset(),
+    is_dir: Callable[[str], bool] | None = None,
+    exists: Callable[[str], bool] | None = None,
 ) -> EnforcementPlan:
     """Assign every part of *policy* to the cheapest layer that enforces it
     exactly; what no kernel layer can hold goes to the supervisor
     (``notify``).  *audit* routes every category for events (``stockade
     learn``), *observe* routes some categories only to be seen (``on_event``,
-    exec events).  Raises :class:`PolicyError` for what no layer in this
+    exec events).  *is_dir* (``os.path.isdir``, from the launcher) finds
+    literal rules that name a directory alone, which only the supervisor
+    can hold; without it such a rule is refused when the ruleset is built.
+    *exists* (``os.path.exists``) finds denied paths a mount mask could not
+    cover (missing, in a tree the sandbox may create in); they go to the
+    supervisor instead of being refused at launch.
+    Raises :class:`PolicyError` for what no layer in this
     release can enforce and :class:`UnsupportedError` for what this kernel
     lacks."""
     _refuse_unimplemented(policy)
@@ -126,7 +135,7 @@ def compile_plan(
         )
     net = compile_net(policy_for_net)
     can_mask = facts.privileged or facts.user_namespaces
-    landlock = compile_landlock(policy_for_net, net, facts.landlock_abi, can_mask)
+    landlock = compile_landlock(policy_for_net, net, facts.landlock_abi, can_mask, is_dir, exists)
     if landlock.masks or policy.binds or policy.tmpfs:
         namespaces |= {"mount"} if facts.privileged else {"mount", "user"}
     deny_tcp = facts.landlock_abi < 4 and not (net.connect_all and net.bind_all)

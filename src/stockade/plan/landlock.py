@@ -17,6 +17,7 @@ every system call of the category with the rules' exact meaning.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from stockade.errors import UnsupportedError
@@ -105,7 +106,11 @@ MASKED_CATEGORIES = frozenset(CATEGORY_RIGHTS)
 
 
 def compile_fs(
-    policy: Policy, abi: int, can_mask: bool = False
+    policy: Policy,
+    abi: int,
+    can_mask: bool = False,
+    is_dir: Callable[[str], bool] | None = None,
+    exists: Callable[[str], bool] | None = None,
 ) -> tuple[AccessFs, tuple[PathGrant, ...], tuple[str, ...], frozenset[Category]]:
     """The handled rights, the grants, the paths to mask, and the
     categories routed to the supervisor.
@@ -115,6 +120,13 @@ def compile_fs(
     denied for every filesystem category becomes a mask: an unreadable
     empty file or directory mounted over it.  Anything else routes its
     category, whose grants then bound what the supervisor may allow.
+
+    *is_dir* (``os.path.isdir`` from the launcher; None in pure use) finds
+    literal allow rules that name a directory: Landlock cannot allow a
+    directory without what is beneath it, so such a rule routes too.
+    *exists* (``os.path.exists``) finds denied paths that do not exist yet
+    where the sandbox may create them: a mask needs something to cover, so
+    such a deny routes its categories instead.
     """
     known = fs_rights_for_abi(abi)
     handled = AccessFs(0)
@@ -136,7 +148,7 @@ def compile_fs(
                 )
         handled |= rights & known
         rules = policy.rules_for(category)
-        if any(r.action is Action.ALLOW and not _exact_allow(r) for r in rules):
+        if any(r.action is Action.ALLOW and not _exact_allow(r, category, is_dir) for r in rules):
             routed.add(category)
         allowed: list[Rule] = []
         for index, rule in enumerate(rules):
@@ -145,13 +157,13 @@ def compile_fs(
                 continue
             if not any(patterns.may_overlap(e.pattern, rule.pattern) for e in allowed):
                 continue  # denied by default already
-            target = _mask_target(rule, policy, category, index) if can_mask else None
+            target = _mask_target(rule, policy, category, index, exists) if can_mask else None
             if target is None:
                 routed.add(category)
             else:
                 masks.add(target)
         for rule in allowed:
-            key = _bound(rule.pattern, category in routed)
+            key = _bound(rule.pattern, category in routed, category in NAMED_IN_PARENT)
             old, origin = grants.get(key, (AccessFs(0), str(rule)))
             grants[key] = (old | (rights & known), origin)
     if Category.READ in policy.enabled and _grant_read_for_exec(grants):
@@ -166,27 +178,50 @@ def compile_fs(
     return handled, grant_list, tuple(sorted(masks)), frozenset(routed)
 
 
-def _exact_allow(rule: Rule) -> bool:
-    return patterns.tree_root(rule.pattern) is not None or patterns.is_literal(rule.pattern)
+#: Categories whose Landlock rights are checked on the parent directory
+#: (making or removing an entry), so a rule on one literal name cannot be a
+#: Landlock rule: a file takes no directory rights, and a missing path none.
+NAMED_IN_PARENT = frozenset({Category.CREATE, Category.DELETE})
 
 
-def _bound(pattern: str, routed: bool) -> tuple[str, bool]:
+def _exact_allow(rule: Rule, category: Category, is_dir: Callable[[str], bool] | None) -> bool:
+    if patterns.tree_root(rule.pattern) is not None:
+        return True
+    if not patterns.is_literal(rule.pattern) or category in NAMED_IN_PARENT:
+        return False
+    return is_dir is None or not is_dir(rule.pattern)
+
+
+def _bound(pattern: str, routed: bool, in_parent: bool) -> tuple[str, bool]:
     """The Landlock grant ``(path, tree)`` for an allow rule: exact for a
     literal or a tree; the literal prefix tree for a glob.  In a routed
     category a literal path is granted as a tree too, so that a directory
     allowed alone (which Landlock cannot grant without its contents) is
-    still reachable for the supervisor to decide."""
+    still reachable for the supervisor to decide; for create and delete
+    the right lives on the parent directory, so the parent's tree is the
+    bound."""
     root = patterns.tree_root(pattern)
     if root is not None:
         return root, True
     if patterns.is_literal(pattern):
+        if in_parent:
+            return pattern.rsplit("/", 1)[0] or "/", True
         return pattern, routed
+    # A glob's literal prefix ends before its first glob component, so the
+    # parent of every match is at or beneath it.
     return patterns.literal_prefix(pattern), True
 
 
-def _mask_target(rule: Rule, policy: Policy, category: Category, index: int) -> str | None:
+def _mask_target(
+    rule: Rule,
+    policy: Policy,
+    category: Category,
+    index: int,
+    exists: Callable[[str], bool] | None = None,
+) -> str | None:
     """The path a mask may stand for *rule*, or None when a mask would deny
-    more than the policy says."""
+    more than the policy says, or could not cover the path (missing, where
+    the sandbox may create it)."""
     root = patterns.tree_root(rule.pattern)
     path = root if root is not None else rule.pattern
     if not patterns.is_literal(path) or path == "/":
@@ -201,6 +236,13 @@ def _mask_target(rule: Rule, policy: Policy, category: Category, index: int) -> 
     for later in policy.rules_for(category)[index + 1 :]:
         if later.action is Action.ALLOW and patterns.may_overlap(later.pattern, rule.pattern):
             return None  # a later allow reopens part of it: a mask would hide that
+    if exists is not None and not exists(path):
+        creatable = any(
+            r.action is Action.ALLOW and patterns.may_overlap(r.pattern, rule.pattern)
+            for r in policy.rules_for(Category.CREATE)
+        )
+        if creatable and Category.CREATE in policy.enabled:
+            return None  # nothing to mount over, and the sandbox could create it
     return path
 
 
@@ -328,10 +370,15 @@ def tmpfs_rights(handled: AccessFs) -> AccessFs:
 
 
 def compile_landlock(
-    policy: Policy, net: NetPlan, abi: int, can_mask: bool = False
+    policy: Policy,
+    net: NetPlan,
+    abi: int,
+    can_mask: bool = False,
+    is_dir: Callable[[str], bool] | None = None,
+    exists: Callable[[str], bool] | None = None,
 ) -> LandlockPlan:
     """The Landlock ruleset for *policy* on a kernel with ABI *abi*."""
-    handled_fs, grants, masks, routed = compile_fs(policy, abi, can_mask)
+    handled_fs, grants, masks, routed = compile_fs(policy, abi, can_mask, is_dir, exists)
     grants += mount_grants(policy, handled_fs)
     handled_net = AccessNet(0)
     port_rules: list[tuple[int, AccessNet]] = []

@@ -13,6 +13,9 @@ The Landlock compiler (:mod:`stockade.plan.landlock`) marks a category
 *routed* when Landlock cannot hold its rules exactly:
 
 * an allow rule with a glob other than a trailing ``/***``;
+* a ``create`` or ``delete`` rule for one name (not a tree): Landlock
+  checks those rights on the parent directory, so it cannot grant them
+  for one entry;
 * a deny inside a tree an earlier rule allowed that a mount mask cannot
   carry (a glob, a deny of only some categories, a later allow inside it,
   or no mount namespace);
@@ -82,15 +85,15 @@ Decisions
 =========
 
 :meth:`NotifyPlan.decide` applies SPEC section 4: the last matching rule of
-the category wins, and with no match a category that is on denies.  The
-rules of a category compile to one regular expression, the alternatives in
-reverse order, so the first alternative that matches is the last matching
-rule (Python's engine tries alternatives in order, backtracking into the
-next one until the whole path matches); ``lastindex`` names it.  Decisions
-are cached per category and path; the cache belongs to the compiled rule
-set, which :meth:`NotifyPlan.replace_rules` swaps as a whole, so a change
-of rules can never be answered from a stale cache, and the generation
-counter says which rule set decided.
+the category wins, and with no match a category that is on denies.  Every
+path a pattern matches lies at or beneath the pattern's literal prefix, so
+rules are filed by that prefix: a decision looks up the path's ancestors
+(a few dict lookups, whatever the number of rules), tries the rules found
+there from the last back, and only globs run a matcher.  Decisions are
+cached per category and path; the cache belongs to the compiled rule set,
+which :meth:`NotifyPlan.replace_rules` swaps as a whole, so a change of
+rules can never be answered from a stale cache, and the generation counter
+says which rule set decided.  ``bench/notify_decide.py`` measures it.
 
 Hostnames in network rules are resolved **by the supervisor**, at decision
 time, with forward lookups cached for :data:`HOSTNAME_TTL` seconds (never
@@ -105,7 +108,6 @@ closed.
 from __future__ import annotations
 
 import errno
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -146,6 +148,7 @@ __all__ = [
     "build_notify_program",
     "compile_notify",
     "implicit_rules",
+    "private_tmp_rules",
 ]
 
 # open(2) flags on x86_64 (include/uapi/asm-generic/fcntl.h).
@@ -283,43 +286,84 @@ class Trap:
 # -- compiled rules -----------------------------------------------------------
 
 
-class _PathRules:
-    """The rules of one filesystem category as one regular expression."""
+#: (rule index, the glob's matcher or None when filing alone decides).
+_Entry = tuple[int, "Callable[[str], bool] | None"]
 
-    __slots__ = ("_regex", "_verdicts", "cache", "default")
+
+class _PathRules:
+    """The rules of one filesystem category, indexed by literal prefix.
+
+    Every path a pattern matches lies at or beneath its literal prefix
+    (:func:`~stockade.policy.patterns.literal_prefix`), so a path can only
+    be matched by the rules filed under one of its ancestors (or itself):
+    a handful of dict lookups finds them, whatever the number of rules.
+    A ``DIR/***`` rule filed under an ancestor always matches, and literal
+    rules are looked up by the path itself, so only globs run a regular
+    expression.  Candidates are tried from the last rule back; the first
+    that matches decides.
+    """
+
+    __slots__ = ("_exact", "_index", "_verdicts", "cache", "default")
 
     def __init__(self, rules: list[Rule], on: bool, aliases: dict[str, str]) -> None:
         self.default = DENY if on else ALLOW
         self.cache: dict[str, Verdict] = {}
-        ordered = rules[::-1]  # first alternative that matches = last rule
-        # Group i (1-based) is ordered[i - 1]; index 0 is never a group.
-        self._verdicts = [self.default] + [_verdict_of(r) for r in ordered]
-        self._regex: re.Pattern[str] | None = None
-        if ordered:
-            parts = []
-            for rule in ordered:
-                source = patterns.regex_source(rule.pattern)
-                alias = aliases.get(rule.pattern)
-                if alias is not None:
-                    source = f"{source}|{patterns.regex_source(alias)}"
-                parts.append(f"({source})")
-            self._regex = re.compile("|".join(parts), re.DOTALL)
-            # Every rule is exactly one group: the sources have none.
-            assert self._regex.groups == len(ordered)
+        self._verdicts = [_verdict_of(r) for r in rules]
+        index: dict[str, list[_Entry]] = {}
+        exact: dict[str, list[_Entry]] = {}
+        for i, rule in enumerate(rules):
+            spellings = [rule.pattern]
+            alias = aliases.get(rule.pattern)
+            if alias is not None and alias != rule.pattern:
+                spellings.append(alias)
+            for pattern in spellings:
+                root = patterns.tree_root(pattern)
+                if root is not None:
+                    index.setdefault(root, []).append((i, None))
+                elif patterns.is_literal(pattern):
+                    exact.setdefault(pattern, []).append((i, None))
+                else:
+                    match = patterns.compile_pattern(pattern).match
+                    index.setdefault(patterns.literal_prefix(pattern), []).append((i, match))
+        self._index = {k: tuple(v) for k, v in index.items()}
+        self._exact = {k: tuple(v) for k, v in exact.items()}
 
     def decide(self, path: str) -> Verdict:
         found = self.cache.get(path)
         if found is not None:
             return found
+        get = self._index.get
+        candidates: list[_Entry] = []
+        entries = self._exact.get(path)
+        if entries:
+            candidates.extend(entries)
+        entries = get("/")
+        if entries:
+            candidates.extend(entries)
+        start = 1
+        while start < len(path):
+            end = path.find("/", start)
+            if end < 0:
+                end = len(path)
+            entries = get(path[:end])
+            if entries:
+                candidates.extend(entries)
+            start = end + 1
         verdict = self.default
-        if self._regex is not None:
-            m = self._regex.fullmatch(path)
-            if m is not None:
-                verdict = self._verdicts[m.lastindex or 0]
+        if candidates:
+            candidates.sort(key=_first, reverse=True)
+            for i, match in candidates:
+                if match is None or match(path):
+                    verdict = self._verdicts[i]
+                    break
         if len(self.cache) >= CACHE_LIMIT:
             self.cache.clear()
         self.cache[path] = verdict
         return verdict
+
+
+def _first(entry: _Entry) -> int:
+    return entry[0]
 
 
 def _verdict_of(rule: Rule) -> Verdict:
@@ -505,6 +549,27 @@ class NotifyPlan:
         self._implicit = (*self._implicit, *extra)
         return self.replace_rules(current)
 
+    def for_run(self, private_tmp: str | None = None) -> NotifyPlan:
+        """A plan for one run of a sandbox: the same rules, traps and
+        resolved prefixes, with caches of its own, plus allow rules for the
+        run's private tmp directory *private_tmp* (made at launch, so no
+        policy names it; Landlock grants it every right, and so must the
+        supervisor: ``chmod``/``utimensat`` there are decided as write)."""
+        extra = private_tmp_rules(private_tmp) if private_tmp is not None else ()
+        run = NotifyPlan(
+            self._state.rules[len(self._implicit) :],
+            self._state.enabled,
+            self.categories,
+            self.traps,
+            audit=self.audit,
+            resolver=self._resolver,
+            implicit=(*self._implicit, *extra),
+        )
+        if self._aliases:
+            run._aliases.update(self._aliases)
+            run.replace_rules(self._state.rules[len(self._implicit) :])
+        return run
+
     def resolve_rule_paths(self, realpath: Callable[[str], str]) -> int:
         """Let each rule also match under its resolved literal prefix.
 
@@ -639,6 +704,15 @@ def implicit_rules(policy: Policy) -> tuple[Rule, ...]:
         for category in readonly if ro else tuple(CATEGORY_RIGHTS):
             out.append(Rule(Action.ALLOW, category, patterns.validate_pattern(tree)))
     return tuple(out)
+
+
+def private_tmp_rules(path: str) -> tuple[Rule, ...]:
+    """Allow rules for a private tmp directory: every filesystem category
+    but stat, as Landlock grants it (``launch/spawn.py``)."""
+    from stockade.plan.landlock import CATEGORY_RIGHTS
+
+    tree = patterns.validate_pattern(patterns.escape_path(path.rstrip("/") or "/") + "/***")
+    return tuple(Rule(Action.ALLOW, c, tree) for c in CATEGORY_RIGHTS)
 
 
 def _merge(traps: dict[str, Trap], trap: Trap) -> None:
