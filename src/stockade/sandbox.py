@@ -236,6 +236,10 @@ class Sandbox:
                     is_dir=os.path.isdir,
                     exists=os.path.exists,
                 )
+                if self._plan.notify is not None:
+                    # Rules also match where their prefix resolves (the
+                    # supervisor decides on resolved paths).
+                    self._plan.notify.resolve_rule_paths(os.path.realpath)
             return self._plan
 
     def environment(self, tmpdir: str | None) -> dict[str, str]:

@@ -180,9 +180,12 @@ def test_exec_only_tree_executes_but_does_not_read(tree: Path) -> None:
     rule with no read over it is the supervisor's: the file runs, and a
     plain read of it is EACCES."""
     d = tree / "ro"
-    body = _exec_body(str(d / "true")) + f"""
+    body = (
+        _exec_body(str(d / "true"))
+        + f"""
 attempt("read", lambda: open({str(d / "true")!r}, "rb").read(1))
 """
+    )
     res, v = run_probe(body, exec=[d])
     assert res.returncode == 0, res.stderr
     assert v["exec"] == {"name": "exec", "errno": 0, "value": 0}

@@ -133,6 +133,8 @@ class Responder:
         self._addfd_addr = ctypes.addressof(self._addfd)
         self._id = ctypes.c_uint64()
         self._id_addr = ctypes.addressof(self._id)
+        #: Set by every successful answer; the owner clears it.
+        self.answered = False
 
     def send(self, fd: int, notif_id: int, val: int = 0, error: int = 0, flags: int = 0) -> int:
         """Answer *notif_id*: ``val`` on success, ``-error`` if *error*.
@@ -143,6 +145,9 @@ class Responder:
         r.val = val
         r.error = -error if error else 0
         r.flags = flags
+        # Set first: the answer never blocks, and the owner only uses the
+        # flag to know that this thread will be free again at once.
+        self.answered = True
         while _ioctl(fd, SECCOMP_IOCTL_NOTIF_SEND, self._resp_addr) != 0:
             err = _get_errno()
             if err != errno.EINTR:
@@ -157,7 +162,7 @@ class Responder:
     def valid(self, fd: int, notif_id: int) -> bool:
         """Whether *notif_id* is still pending (SECCOMP_IOCTL_NOTIF_ID_VALID)."""
         self._id.value = notif_id
-        return _ioctl(fd, SECCOMP_IOCTL_NOTIF_ID_VALID, self._id_addr) == 0
+        return bool(_ioctl(fd, SECCOMP_IOCTL_NOTIF_ID_VALID, self._id_addr) == 0)
 
     def addfd(self, fd: int, notif_id: int, srcfd: int, cloexec: bool, send: bool = True) -> int:
         """Install *srcfd* in the caller; with *send*, also answer the call
@@ -169,6 +174,9 @@ class Responder:
         a.srcfd = srcfd
         a.newfd = 0
         a.newfd_flags = os.O_CLOEXEC if cloexec else 0
+        # With SEND the caller is answered inside this ioctl, which then
+        # waits only for the caller to install the descriptor.
+        self.answered = self.answered or send
         while True:
             ret: int = _ioctl(fd, SECCOMP_IOCTL_NOTIF_ADDFD, self._addfd_addr)
             if ret >= 0:

@@ -83,7 +83,10 @@ class MemReader:
         while got < limit:
             # Clip each read to the page end: a string that ends just
             # before an unmapped page must still be readable.
-            chunk = min(PAGE_SIZE - ((addr + got) % PAGE_SIZE), limit - got)
+            # The first read is short: most paths are, and copying a
+            # whole page from another process costs more than a second read.
+            first = 256 if got == 0 else PAGE_SIZE
+            chunk = min(PAGE_SIZE - ((addr + got) % PAGE_SIZE), limit - got, first)
             n = self._readv(pid, addr + got, got, chunk)
             if n == 0:
                 raise OSError(errno.EFAULT, os.strerror(errno.EFAULT))
@@ -114,9 +117,15 @@ class MemReader:
             raise OSError(errno.EFAULT, os.strerror(errno.EFAULT))
 
 
-def pidfd_open(pid: int) -> int:
-    """A pidfd for *pid* (close it); raises OSError."""
-    return _ffi.syscall(_ffi.SYS_pidfd_open, pid, 0)
+#: pidfd_open(2) flag (6.9): *pid* may be any thread, not only a leader.
+PIDFD_THREAD = 0o200
+
+
+def pidfd_open(pid: int, thread: bool = False) -> int:
+    """A pidfd for *pid* (close it); with *thread*, *pid* may name any
+    thread (a seccomp notification names the calling thread).  Raises
+    OSError."""
+    return _ffi.syscall(_ffi.SYS_pidfd_open, pid, PIDFD_THREAD if thread else 0)
 
 
 def pidfd_getfd(pidfd: int, targetfd: int) -> int:

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from typing import Any
 
 from stockade.kernel import _ffi
 from stockade.kernel.landlock import LANDLOCK_RULE_PATH_BENEATH, PathBeneathAttr
@@ -510,8 +511,13 @@ class ChildSetup:
         self._syscall(c_long(SYS_close), c_long(fs))
 
 
-def notify_setup(program: bytes, handoff_fd: int | None) -> dict[str, object]:
-    """ChildSetup arguments for the notify filter: none without a program."""
+def notify_setup(program: bytes, handoff_fd: int | None) -> dict[str, Any]:
+    """ChildSetup arguments for the notify filter: none without a program.
+
+    The filter waits killably once a call was received: a signal then no
+    longer interrupts (and restarts) a call the supervisor may already have
+    performed, such as a brokered mkdir; a fatal signal still kills.
+    """
     if not program or handoff_fd is None:
         return {}
     flags = SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV

@@ -1,30 +1,32 @@
-"""The notification loop: one receiver thread, a pool of workers.
+"""The notification loop: one receiver at a time, a pool of workers.
 
 Threads and their contract (one :class:`Supervisor` per process serves
-every sandbox the process runs):
+every sandbox the process runs).  The receiver is a role that passes from
+thread to thread (leader/follower), so that a notification is handled by
+the thread that received it, with no queue between them:
 
-- The **receiver** waits in ``epoll`` on every sandbox's listener fd and
-  every pending hand-off socket.  It only ever does non-blocking work:
-  ``SECCOMP_IOCTL_NOTIF_RECV`` on a listener that polled readable, taking
-  a listener over from a child, and queueing.  It never runs a handler, so
-  one slow handler (an open of a FIFO, a connect) never delays another
-  sandbox or another thread's call.
-- **Workers** take ``(session, notification)`` pairs from one queue and run
-  the handler.  A worker that finds nothing to do for ``IDLE_SECONDS``
-  retires (all but one).  The receiver starts a new worker whenever it
-  queues work and no worker is idle, up to ``MAX_WORKERS``.
-  The hand-off race (a worker deciding to retire just as work is queued
-  for it) is closed by one lock: the receiver queues and reads the idle
-  count under it, and a worker retires only if, under it, the queue is
-  empty; otherwise it takes the work.
+- Exactly one thread at a time, the **receiver** (it holds
+  ``_receiver``), waits in ``epoll`` on every sandbox's listener fd and
+  every pending hand-off socket.  It does only non-blocking work:
+  ``SECCOMP_IOCTL_NOTIF_RECV`` on a listener that polled readable, and
+  taking a listener over from a child.  As soon as it holds one
+  notification it gives up the role, to an idle thread waiting for it (a
+  new thread is started if none is idle, up to ``MAX_WORKERS``), and only
+  then runs the handler.  So a slow handler (an open of a FIFO, a
+  connect) never delays another sandbox's calls or another thread's.
+- An idle thread waits for the receiver role; one that has waited
+  ``IDLE_SECONDS`` retires, all but ``MIN_WORKERS``.  Idle and live counts
+  change under one lock, and a new thread is started when, under it, no
+  thread is idle once the role was released: some thread is always
+  receiving, or on its way to.
 - The **sentinel**: whatever a handler raises, the call it was handling is
-  answered EACCES and the worker carries on.  A handler that answered
+  answered EACCES and the thread carries on.  A handler that answered
   already makes that second answer fail with ENOENT, which is ignored.
 - A listener is closed only once its sandbox is gone (POLLHUP) *and* no
-  worker still holds one of its notifications, so a worker never answers
-  on a reused descriptor number.
+  thread still holds one of its notifications, so nobody answers on a
+  reused descriptor number.
 
-Workers of a privileged process drop their effective capabilities at start
+Threads of a privileged process drop their effective capabilities at start
 (per thread), so that what they do on a sandbox's behalf is checked by the
 kernel with the same rights the sandbox has (a root sandbox runs with no
 capabilities).  They also unshare their filesystem attributes, so that the
@@ -36,7 +38,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import queue
 import select
 import socket
 import struct
@@ -63,6 +64,8 @@ class Worker:
     def __init__(self) -> None:
         self.resp = notify.Responder()
         self.mem = procmem.MemReader()
+        #: Handling a call (cleared when back to idle).
+        self.busy = False
 
 
 class Session:
@@ -122,25 +125,26 @@ class Session:
 
 
 class Supervisor:
-    """The receiver thread and the worker pool of this process."""
+    """The receiver and the worker pool of this process."""
 
     def __init__(self) -> None:
         self._ep = select.epoll()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._ep.register(self._wake_r, select.EPOLLIN)
-        # fd -> (kind, session, socket or None)
+        # fd -> (kind, session, socket or None); touched by the receiver only.
         self._watched: dict[int, tuple[str, Session, socket.socket | None]] = {}
         self._new: list[tuple[socket.socket, Session]] = []
-        self._queue: queue.SimpleQueue[tuple[Session, notify.SeccompNotif]] = queue.SimpleQueue()
+        #: Held by the thread that is the receiver.
+        self._receiver = threading.Lock()
         self._lock = threading.Lock()
         self._idle = 0
-        self._unclaimed = 0
-        self._workers = 0
+        self._workers = 1
+        #: Threads started that are not yet waiting for the receiver role.
+        self._starting = 1
+        self._pool: list[Worker] = []
         self._privileged = os.geteuid() == 0
         self._sync_wakeup = True
-        self._receiver = threading.Thread(target=self._receive, name="stockade-receiver",
-                                          daemon=True)  # fmt: skip
-        self._receiver.start()
+        self._start_thread()
 
     @property
     def workers(self) -> int:
@@ -156,13 +160,77 @@ class Supervisor:
             self._new.append((handoff, session))
         os.write(self._wake_w, b"x")
 
-    # -- receiver ---------------------------------------------------------------
+    # -- threads ------------------------------------------------------------------
 
-    def _receive(self) -> None:
+    def _start_thread(self) -> None:
+        threading.Thread(target=self._work, name="stockade-supervisor", daemon=True).start()
+
+    def _work(self) -> None:
+        try:
+            self._confine_thread()
+            worker: Worker | None = Worker()
+        except OSError:
+            worker = None  # cannot act with the sandbox's rights: deny all
+        if worker is not None:
+            with self._lock:
+                self._pool.append(worker)
+        receiver = self._receiver
+        with self._lock:
+            self._starting -= 1
+        while True:
+            # Idle: waiting for the receiver role, or holding it.  (Busy
+            # ends here, under the same lock: never neither busy nor idle.)
+            with self._lock:
+                self._idle += 1
+                if worker is not None:
+                    worker.busy = False
+            if not receiver.acquire(timeout=IDLE_SECONDS):
+                with self._lock:
+                    self._idle -= 1
+                    if self._workers > MIN_WORKERS:
+                        self._workers -= 1
+                        if worker is not None:
+                            self._pool.remove(worker)
+                        return
+                continue
+            try:
+                item = self._receive()
+            finally:
+                with self._lock:
+                    self._idle -= 1
+                    # Someone must be receiving while we handle this call.
+                    # A thread whose call is answered is only tidying up:
+                    # it will be idle at once, and needs no replacement.
+                    spawn = (
+                        self._idle == 0
+                        and not self._starting
+                        and self._workers < MAX_WORKERS
+                        and not any(w.busy and w.resp.answered for w in self._pool)
+                    )
+                    if spawn:
+                        self._workers += 1
+                        self._starting += 1
+                    if worker is not None:
+                        worker.busy = True
+                        worker.resp.answered = False
+                receiver.release()
+            if spawn:
+                self._start_thread()
+            session, notif = item
+            if worker is None:
+                Worker_deny(session, notif)
+                continue
+            self._run(worker, session, notif)
+
+    # -- the receiver role ---------------------------------------------------------
+
+    def _receive(self) -> tuple[Session, notify.SeccompNotif]:
+        """Wait for the next notification (and do the bookkeeping events
+        that come before it); called by the receiver only."""
         ep = self._ep
         while True:
             try:
-                events = ep.poll()
+                events = ep.poll(-1, 1)
             except InterruptedError:
                 continue
             for fd, mask in events:
@@ -177,7 +245,9 @@ class Supervisor:
                     assert sock is not None
                     self._handoff(sock, session)
                 elif mask & select.EPOLLIN:
-                    self._recv(fd, session)
+                    notif = self._recv(fd, session)
+                    if notif is not None:
+                        return session, notif
                 elif mask & (select.EPOLLHUP | select.EPOLLERR):
                     ep.unregister(fd)
                     del self._watched[fd]
@@ -241,60 +311,26 @@ class Supervisor:
             pass  # the child died meanwhile: its listener hangs up
         sock.close()
 
-    def _recv(self, fd: int, session: Session) -> None:
+    def _recv(self, fd: int, session: Session) -> notify.SeccompNotif | None:
         notif = notify.SeccompNotif()
         try:
             notify.recv(fd, notif)
         except OSError as err:
             if err.errno == errno.ENOENT:
-                return  # the caller went away (killed, or a signal)
+                return None  # the caller went away (killed, or a signal)
             raise
         session._take()
-        with self._lock:
-            self._queue.put((session, notif))
-            if self._idle > 0:
-                self._idle -= 1
-                return
-            if self._workers >= MAX_WORKERS:
-                self._unclaimed += 1  # the next worker to finish takes it
-                return
-            self._workers += 1
-        threading.Thread(target=self._work, name="stockade-worker", daemon=True).start()
-
-    # -- workers ----------------------------------------------------------------
-
-    def _work(self) -> None:
-        self._confine_thread()
-        worker = Worker()
-        q = self._queue
-        while True:
-            try:
-                session, notif = q.get(timeout=IDLE_SECONDS)
-            except queue.Empty:
-                with self._lock:
-                    if q.empty() and self._workers > MIN_WORKERS:
-                        self._workers -= 1
-                        self._idle -= 1
-                        return
-                continue
-            self._run(worker, session, notif)
-            with self._lock:
-                if self._unclaimed:
-                    # Work queued while every worker was busy: it is ours,
-                    # and we are not idle.
-                    self._unclaimed -= 1
-                else:
-                    self._idle += 1
+        return notif
 
     def _run(self, worker: Worker, session: Session, notif: notify.SeccompNotif) -> None:
         try:
             session.handle(worker, notif)
-        except BaseException as err:  # noqa: BLE001 - the sentinel: any failure denies this call
+        except BaseException as err:
             try:
                 # Recorded before the answer: once answered, the caller may
                 # exit and its run's result be read.
                 session.handler_failed(notif, err)
-            except Exception:  # noqa: BLE001, S110 - reporting must not stop the answer
+            except Exception:  # noqa: S110 - reporting must not stop the answer
                 pass
             worker.resp.send(session.listener, notif.id, error=errno.EACCES)
         finally:
@@ -314,6 +350,14 @@ _supervisor_pid = -1
 _supervisor_lock = threading.Lock()
 
 
+def Worker_deny(session: Session, notif: notify.SeccompNotif) -> None:
+    """Answer EACCES from a thread that could not confine itself."""
+    try:
+        notify.Responder().send(session.listener, notif.id, error=errno.EACCES)
+    finally:
+        session._release()
+
+
 def get() -> Supervisor:
     """This process's supervisor (started on first use; a forked child
     gets its own)."""
@@ -331,4 +375,3 @@ def handoff_pair() -> tuple[socket.socket, socket.socket]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     return ours, theirs
-

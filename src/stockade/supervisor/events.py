@@ -74,9 +74,7 @@ def make(
     return Event(time.time(), pid, syscall, category, target, action, err, rule, argv)
 
 
-def callback_verdict(
-    on_event: Callable[[Event], Any], event: Event
-) -> tuple[str, int]:
+def callback_verdict(on_event: Callable[[Event], Any], event: Event) -> tuple[str, int]:
     """Ask *on_event* about *event*; returns ``(action, errno)``.
 
     The callback may only narrow what the policy allows: ``None`` or
@@ -86,7 +84,7 @@ def callback_verdict(
     """
     try:
         answer = on_event(event)
-    except Exception:  # noqa: BLE001 - a failing callback denies, it never allows
+    except Exception:
         return DENY, errno_mod.EACCES
     if answer is None or answer == "allow":
         return event.action, event.errno

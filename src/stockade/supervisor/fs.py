@@ -8,6 +8,11 @@ the result: a descriptor injected with ``SECCOMP_IOCTL_NOTIF_ADDFD``, a
 ``struct stat`` written with ``process_vm_writev``, or the return value.
 Nothing is continued after a path was read, except:
 
+- ``O_PATH`` opens: ``SECCOMP_IOCTL_NOTIF_ADDFD`` cannot inject an O_PATH
+  file.  Such a descriptor reads and writes nothing, and whatever is
+  opened, executed or looked up through it is decided on its own; a path
+  swapped after our check could only reveal metadata (``stat``).
+
 - ``execve``/``execveat``: only the kernel can replace the caller's image.
   The decision is made on the file we resolved, then the call continues,
   and the kernel reads the path again: a thread of the caller that swaps
@@ -49,13 +54,16 @@ from stockade.supervisor.resolve import (
     O_PATH,
     O_TMPFILE,
     RESOLVE_BENEATH,
+    RESOLVE_IN_ROOT,
     RESOLVE_NO_MAGICLINKS,
     RESOLVE_NO_SYMLINKS,
+    VALID_OPEN_FLAGS,
     Caller,
     OpenHow,
     absolute,
     check_proc,
     fd_path,
+    normal,
     open_in_root,
     openat2,
     split_parent,
@@ -134,7 +142,8 @@ def _open_path(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Cal
 
 def _their_fd(n: notify.SeccompNotif, fd: int) -> tuple[int, str]:
     """A duplicate of the caller's descriptor *fd* and its path."""
-    pidfd = procmem.pidfd_open(n.pid)
+    # The notification names the calling thread, not its leader.
+    pidfd = procmem.pidfd_open(n.pid, thread=True)
     try:
         ours = procmem.pidfd_getfd(pidfd, fd)
     finally:
@@ -197,8 +206,23 @@ def h_open(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller)
     # RESOLVE_* the caller asked for narrow our lookup further.
     extra = resolve & (RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
     fd = -1
+    if flags & O_PATH:
+        # ADDFD refuses O_PATH files (fget skips them), so an O_PATH open
+        # is decided and continued.  What a swapped path could get this
+        # way is a descriptor that reads and writes nothing: every open,
+        # exec or directory lookup made through it is decided on its own.
+        fd = open_in_root(root, caller, full, flags & ~O_CLOEXEC, 0, scratch.how, extra)
+        try:
+            path = fd_path(fd)
+            if not _anonymous(path):
+                check_proc(path, caller)
+                s.check(n, Category.STAT, path)
+        finally:
+            os.close(fd)
+        w.resp.cont(s.listener, n.id)
+        return
     try:
-        if flags & O_CREAT and not flags & O_TMPFILE == O_TMPFILE:
+        if flags & O_CREAT and flags & O_TMPFILE != O_TMPFILE:
             fd = _open_create(s, w, n, caller, root, full, flags, mode, extra)
         else:
             fd = _open_existing(s, n, caller, root, full, flags, mode, extra, scratch)
@@ -228,6 +252,16 @@ def _open_existing(s: SandboxSession, n: notify.SeccompNotif, caller: Caller, ro
     if plain:
         # Read-only and no truncation: opening has no effect to undo, so
         # open at once and decide on what was opened.
+        fd = _open_fast(root, full, flags, scratch.how, extra)
+        if fd >= 0:
+            # No symlink followed, no "..": the object is where the text says.
+            try:
+                for category in _categories(flags):
+                    s.check(n, category, os.fsdecode(full))
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd
         fd = open_in_root(root, caller, full, flags & ~O_CLOEXEC, mode, scratch.how, extra)
         try:
             path = fd_path(fd)
@@ -260,6 +294,23 @@ def _open_existing(s: SandboxSession, n: notify.SeccompNotif, caller: Caller, ro
         return os.open(f"/proc/self/fd/{pfd}", reflags, mode & ~umask)
     finally:
         os.close(pfd)
+
+
+def _open_fast(root: int, full: bytes, flags: int, how: OpenHow, extra: int) -> int:
+    """Open a normal path without following any symlink; -1 when the path
+    is not normal, is under /proc, or has a symlink (ELOOP): the caller
+    then resolves it fully and reads the opened object's path back."""
+    if full.startswith(b"/proc/") or full == b"/proc" or not normal(full):
+        return -1
+    how.flags = (flags & VALID_OPEN_FLAGS & ~O_CLOEXEC) | O_CLOEXEC
+    how.mode = 0
+    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | extra
+    try:
+        return openat2(root, full, how)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return -1
+        raise
 
 
 def _open_create(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller, root: int,

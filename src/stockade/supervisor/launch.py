@@ -49,7 +49,8 @@ def supervise(
     from stockade.supervisor.session import SandboxSession
 
     assert plan.notify is not None
-    session = SandboxSession(plan.notify, on_event=on_event, sink=sink)
+    # A plan of its own for this run: its private tmp directory, its caches.
+    session = SandboxSession(plan.notify.for_run(prepared.tmpdir), on_event=on_event, sink=sink)
     ours, theirs = engine.handoff_pair()
     prepared.notify_program = plan.notify_program
     prepared.handoff_fd = theirs.detach()

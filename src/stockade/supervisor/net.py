@@ -31,6 +31,7 @@ import ipaddress
 import os
 import socket
 import struct
+from typing import Any
 
 from stockade.kernel import notify, syscalls
 from stockade.policy.model import Category
@@ -196,7 +197,7 @@ def h_listen(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Calle
         family = struct.unpack_from("=H", raw)[0] if len(raw) >= 2 else 0
         if family in (AF_INET, AF_INET6) and struct.unpack_from("!H", raw, 2)[0] == 0:
             # Unbound: listen would bind an ephemeral port by itself.
-            address = "0.0.0.0" if family == AF_INET else "::"
+            address = "0.0.0.0" if family == AF_INET else "::"  # noqa: S104 - any address: what an unbound socket gets
             s.check_net(n, Category.NET_BIND, family, address, 0)
         _syscall(_nr("listen"), sock, fs._int(a[1]))
     finally:
@@ -294,15 +295,15 @@ def _sendmsg_one(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: C
             os.close(fd)
 
 
-def _py_address(raw: bytes) -> object:
+def _py_address(raw: bytes) -> Any:
     family = struct.unpack_from("=H", raw)[0]
     if family == AF_UNIX:
         return raw[2:].split(b"\0", 1)[0]
     if family == AF_INET:
         return (str(ipaddress.IPv4Address(raw[4:8])), struct.unpack_from("!H", raw, 2)[0])
     if family == AF_INET6:
-        flow, = struct.unpack_from("=I", raw, 4)
-        scope, = struct.unpack_from("=I", raw, 24) if len(raw) >= 28 else (0,)
+        (flow,) = struct.unpack_from("=I", raw, 4)
+        (scope,) = struct.unpack_from("=I", raw, 24) if len(raw) >= 28 else (0,)
         return (str(ipaddress.IPv6Address(raw[8:24])), struct.unpack_from("!H", raw, 2)[0],
                 flow, scope)  # fmt: skip
     raise OSError(errno.EAFNOSUPPORT, os.strerror(errno.EAFNOSUPPORT))

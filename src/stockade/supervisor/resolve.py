@@ -52,7 +52,8 @@ O_TMPFILE = 0o20200000
 #: process.  O_CLOEXEC is the new descriptor's, not ours (ours always has it).
 VALID_OPEN_FLAGS = 0o37777777 & ~0o40000000
 
-_MAGIC = re.compile(r"/proc/(\d+)(?:/task/(\d+))?/fd/(\d+)")
+_MAGIC = re.compile(r"/proc/(\d+)(?:/task/(\d+))?/(fd/\d+|exe)")
+_ROOT_CWD = re.compile(r"/proc/(\d+)(?:/task/(\d+))?/(root|cwd)(/.*)?", re.DOTALL)
 _PROC_PID = re.compile(r"/proc/(\d+)(?:/|$)")
 
 
@@ -149,6 +150,18 @@ def absolute(pid: int, dirfd: int, path: bytes) -> bytes:
     return base + path if base.endswith(b"/") else base + b"/" + path
 
 
+def normal(path: bytes) -> bool:
+    """Whether absolute *path* is already in normal form: no empty, ``.``
+    or ``..`` component, no trailing slash.  Opened without following any
+    symlink, such a path names the object we get, as the sandbox sees it."""
+    return (
+        b"//" not in path
+        and b"/./" not in path
+        and b"/../" not in path
+        and not path.endswith((b"/.", b"/..", b"/"))
+    )
+
+
 def fd_path(fd: int) -> str:
     """The path of our descriptor *fd*, in the sandbox's view."""
     return os.readlink(f"/proc/self/fd/{fd}")
@@ -174,16 +187,19 @@ def open_in_root(
 ) -> int:
     """Open absolute *full* in the sandbox's root; returns our fd (CLOEXEC).
 
-    The caller's own ``/proc/PID/fd/N`` magic links are followed the way
-    the kernel follows them; every other magic link is ELOOP.
+    The caller's own ``/proc/PID/fd/N``, ``exe``, ``root`` and ``cwd``
+    magic links are followed the way the kernel follows them; every other
+    magic link is ELOOP.
     """
     full = rewrite_self(full, caller)
+    if full.startswith(b"/proc/"):
+        full = _root_and_cwd(full, caller)
     if full.startswith(b"/proc/"):
         m = _MAGIC.fullmatch(os.fsdecode(full))
         if m is not None:
             tgid, tid = caller.ids()
             if int(m.group(1)) == tgid and (m.group(2) is None or int(m.group(2)) in (tgid, tid)):
-                return _reopen(caller.tid, int(m.group(3)), flags, mode)
+                return _reopen(caller.tid, m.group(3), flags, mode)
     how.flags = (flags & VALID_OPEN_FLAGS) | O_CLOEXEC
     how.mode = mode if flags & (O_CREAT | O_TMPFILE) == O_CREAT or flags & O_TMPFILE == O_TMPFILE \
         else 0  # fmt: skip
@@ -191,9 +207,26 @@ def open_in_root(
     return openat2(root_fd, full, how)
 
 
-def _reopen(host_tid: int, fd: int, flags: int, mode: int) -> int:
-    # /proc/TID/fd/N in our namespace is the same file as the caller's.
-    return os.open(f"/proc/{host_tid}/fd/{fd}", (flags & VALID_OPEN_FLAGS) | O_CLOEXEC, mode)
+def _root_and_cwd(full: bytes, caller: Caller) -> bytes:
+    """The caller's own ``/proc/PID/root`` and ``/proc/PID/cwd`` magic links,
+    followed the way the kernel would: to its root, to its cwd."""
+    m = _ROOT_CWD.match(os.fsdecode(full))
+    if m is None:
+        return full
+    tgid, tid = caller.ids()
+    if int(m.group(1)) != tgid or (m.group(2) is not None and int(m.group(2)) not in (tgid, tid)):
+        return full
+    rest = os.fsencode(m.group(4) or "")
+    if m.group(3) == "root":
+        return rest or b"/"
+    base = base_path(caller.tid, AT_FDCWD)
+    return base.rstrip(b"/") + rest if rest else base
+
+
+def _reopen(host_tid: int, link: str, flags: int, mode: int) -> int:
+    # /proc/TID/fd/N (or exe) in our namespace is the same file as the
+    # caller's; opening it follows the link as the kernel would for it.
+    return os.open(f"/proc/{host_tid}/{link}", (flags & VALID_OPEN_FLAGS) | O_CLOEXEC, mode)
 
 
 def split_parent(full: bytes) -> tuple[bytes, bytes]:

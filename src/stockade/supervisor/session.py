@@ -15,9 +15,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from stockade.kernel import notify, syscalls
+from stockade.policy.model import Category
 from stockade.supervisor import events
 from stockade.supervisor.engine import Session, Worker
-from stockade.policy.model import Category
 from stockade.supervisor.resolve import Caller
 
 if TYPE_CHECKING:
@@ -143,9 +143,7 @@ class SandboxSession(Session):
     ) -> None:
         """Decide *category* access to path *target*; raises :class:`Denied`."""
         verdict = self.plan.decide(category, target)
-        if verdict.allow and not (
-            self.verbose and (self._all_allowed or category is _EXEC)
-        ):
+        if verdict.allow and not (self.verbose and (self._all_allowed or category is _EXEC)):
             return
         self._decided(notif, category, target, verdict, argv)
 
@@ -193,5 +191,5 @@ class SandboxSession(Session):
         if self.sink is not None:
             try:
                 self.sink(event)
-            except Exception:  # noqa: BLE001, S110 - a full disk must not turn into allowed calls
+            except Exception:  # noqa: S110 - a full disk must not turn into allowed calls
                 pass
