@@ -16,6 +16,7 @@ from stockade.kernel.seccomp import (
     SECCOMP_RET_ALLOW,
     SECCOMP_RET_KILL_PROCESS,
     SECCOMP_RET_USER_NOTIF,
+    ret_errno,
 )
 from stockade.plan import KernelFacts, compile_plan
 from stockade.plan.notify import (
@@ -507,3 +508,16 @@ def test_a_new_name_never_grants_what_the_old_one_did_not() -> None:
     assert glob_apart.notify is not None
     assert "rename" not in {t.name for t in glob_apart.notify.traps}
     assert "rename" in {t.name for t in compile_plan(apart, facts()).notify.traps}  # type: ignore[union-attr]
+
+
+def test_fast_open_cannot_connect_past_the_supervisor() -> None:
+    """An address rule on every port leaves Landlock's TCP connect unhandled;
+    sendto(MSG_FASTOPEN) would then connect without connect() reaching the
+    supervisor, so the filter refuses it."""
+    plan = compile_plan(policy(*BASIC, "allow/net/connect+10.0.0.1/32!*", *NO_WRITE), facts())
+    assert plan.notify is not None and plan.notify.categories == {Category.NET_CONNECT}
+    assert plan.filter.tcp_restricted
+    sendto = syscalls.nr("sendto")
+    assert run_filter(plan.filter_program, sendto, (3, 0, 0, 0x20000000, 1, 16)) == (
+        ret_errno(errno.EACCES)
+    )
