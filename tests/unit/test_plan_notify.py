@@ -521,3 +521,24 @@ def test_fast_open_cannot_connect_past_the_supervisor() -> None:
     assert run_filter(plan.filter_program, sendto, (3, 0, 0, 0x20000000, 1, 16)) == (
         ret_errno(errno.EACCES)
     )
+
+
+def test_a_tree_the_sandbox_creates_later_goes_to_the_supervisor() -> None:
+    """Landlock grants only what exists when the ruleset is made: a rule
+    for a directory the program will create is decided by the supervisor,
+    with the nearest existing ancestor as Landlock's bound.  A missing
+    directory nobody can create (a profile's /lib32) stays as it was."""
+    existing = {"/", "/srv", "/usr"}
+    b = PolicyBuilder("t").profile("none").read("/usr").read("/lib32")
+    p = b.rule("allow/create+/srv/***").rule("allow/write+/srv/out/***").build()
+    plan = compile_plan(p, facts(), exists=existing.__contains__)
+    assert plan.notify is not None and Category.WRITE in plan.notify.categories
+    assert Category.READ not in plan.notify.categories  # /lib32: nobody creates it
+    write_grants = {
+        (g.path, g.tree) for g in plan.landlock.grants if g.rights & AccessFs.WRITE_FILE
+    }
+    assert write_grants == {("/srv", True)}
+    assert plan.notify.decide(Category.WRITE, "/srv/out/x").allow
+    assert not plan.notify.decide(Category.WRITE, "/srv/other").allow
+    everything = compile_plan(p, facts(), exists=lambda _p: True)
+    assert everything.notify is None or Category.WRITE not in everything.notify.categories
