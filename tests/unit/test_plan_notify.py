@@ -16,6 +16,7 @@ from stockade.kernel.seccomp import (
     SECCOMP_RET_ALLOW,
     SECCOMP_RET_KILL_PROCESS,
     SECCOMP_RET_USER_NOTIF,
+    ret_errno,
 )
 from stockade.plan import KernelFacts, compile_plan
 from stockade.plan.notify import (
@@ -478,3 +479,66 @@ def test_a_missing_path_in_a_writable_tree_is_denied_by_the_supervisor() -> None
     # (skipped at launch), since nothing can be created there.
     ro = PolicyBuilder("t").profile("none").read("/srv").deny("/srv/secret").build()
     assert compile_plan(ro, facts(), exists=lambda _p: False).landlock.masks == ("/srv/secret",)
+
+
+def test_a_new_name_never_grants_what_the_old_one_did_not() -> None:
+    """-w /data with reads of *.key denied: renaming or linking a.key to
+    a.txt would make its content readable; links and renames are trapped
+    and decide_move refuses them with EXDEV (mv then copies, and the copy's
+    open of a.key is denied)."""
+    b = PolicyBuilder("t").profile("none").read("/usr").write("/data")
+    p = b.rule("deny/read+/data/*.key").rule("sandbox/net/bind:off").build()
+    plan = compile_plan(p, facts())
+    assert plan.notify is not None and plan.notify.categories == {Category.READ}
+    names = {t.name for t in plan.notify.traps}
+    assert {"link", "linkat", "rename", "renameat", "renameat2"} <= names
+    v = plan.notify.decide_move("/data/a.key", "/data/a.txt")
+    assert not v.allow and v.errno == errno.EXDEV and str(v.rule) == "deny/read+/data/*.key"
+    assert plan.notify.decide_move("/data/a.txt", "/data/b.txt").allow
+    assert plan.notify.decide_move("/data/a.txt", "/data/b.key").allow  # losing access is fine
+    # A directory carries its tree: it moves only where no rule reaches beneath.
+    assert not plan.notify.decide_move("/data/d", "/data/e", source_is_dir=True).allow
+    assert plan.notify.decide_move("/srv/d", "/srv/e", source_is_dir=True).allow
+    # A policy the kernel holds does not trap renames, nor one whose routed
+    # rules lie where no name can be made.
+    exact = compile_plan(PolicyBuilder("t").profile("none").write("/data").build(), facts())
+    assert exact.notify is not None and "rename" not in {t.name for t in exact.notify.traps}
+    apart = b.rule("allow/read+/srv/*.txt").build()
+    glob_apart = compile_plan(policy(*BASIC, "allow/read+/srv/*.txt", *NO_WRITE), facts())
+    assert glob_apart.notify is not None
+    assert "rename" not in {t.name for t in glob_apart.notify.traps}
+    assert "rename" in {t.name for t in compile_plan(apart, facts()).notify.traps}  # type: ignore[union-attr]
+
+
+def test_fast_open_cannot_connect_past_the_supervisor() -> None:
+    """An address rule on every port leaves Landlock's TCP connect unhandled;
+    sendto(MSG_FASTOPEN) would then connect without connect() reaching the
+    supervisor, so the filter refuses it."""
+    plan = compile_plan(policy(*BASIC, "allow/net/connect+10.0.0.1/32!*", *NO_WRITE), facts())
+    assert plan.notify is not None and plan.notify.categories == {Category.NET_CONNECT}
+    assert plan.filter.tcp_restricted
+    sendto = syscalls.nr("sendto")
+    assert run_filter(plan.filter_program, sendto, (3, 0, 0, 0x20000000, 1, 16)) == (
+        ret_errno(errno.EACCES)
+    )
+
+
+def test_a_tree_the_sandbox_creates_later_goes_to_the_supervisor() -> None:
+    """Landlock grants only what exists when the ruleset is made: a rule
+    for a directory the program will create is decided by the supervisor,
+    with the nearest existing ancestor as Landlock's bound.  A missing
+    directory nobody can create (a profile's /lib32) stays as it was."""
+    existing = {"/", "/srv", "/usr"}
+    b = PolicyBuilder("t").profile("none").read("/usr").read("/lib32")
+    p = b.rule("allow/create+/srv/***").rule("allow/write+/srv/out/***").build()
+    plan = compile_plan(p, facts(), exists=existing.__contains__)
+    assert plan.notify is not None and Category.WRITE in plan.notify.categories
+    assert Category.READ not in plan.notify.categories  # /lib32: nobody creates it
+    write_grants = {
+        (g.path, g.tree) for g in plan.landlock.grants if g.rights & AccessFs.WRITE_FILE
+    }
+    assert write_grants == {("/srv", True)}
+    assert plan.notify.decide(Category.WRITE, "/srv/out/x").allow
+    assert not plan.notify.decide(Category.WRITE, "/srv/other").allow
+    everything = compile_plan(p, facts(), exists=lambda _p: True)
+    assert everything.notify is None or Category.WRITE not in everything.notify.categories

@@ -128,6 +128,19 @@ def test_shallow_directories_are_allowed_alone() -> None:
     assert [str(r) for r in rules] == ["allow/read+/", "allow/read+/home/u"]
 
 
+def test_a_directory_made_and_removed_keeps_its_own_rule() -> None:
+    """mkdir d; create 10 files in it; rm -rf d: the files fan in to
+    d/***, and d itself keeps a create and a delete rule (Landlock's tree
+    rights cover what is beneath d, not d)."""
+    d = "/srv/work/tmpdir"
+    accesses = [Access(C, d), Access(D, d)]
+    for i in range(10):
+        accesses += [Access(C, f"{d}/f{i}"), Access(W, f"{d}/f{i}"), Access(D, f"{d}/f{i}")]
+    text = {str(r) for r in collapse(accesses)}
+    assert {f"allow/create+{d}/***", f"allow/create+{d}", f"allow/delete+{d}"} <= text
+    assert f"allow/delete+{d}/***" in text and f"allow/write+{d}/***" in text
+
+
 def test_processes_ids_in_proc_writes_become_a_glob() -> None:
     rules = collapse([Access(W, "/proc/77/attr/current"), Access(W, "/proc/self")])
     assert {str(r) for r in rules} == {"allow/write+/proc/*/attr/current", "allow/write+/proc/self"}

@@ -142,7 +142,9 @@ def compile_plan(
     spec = FilterSpec(
         allow_udp=net.allow_udp,
         deny_tcp=deny_tcp,
-        tcp_restricted=bool(landlock.handled_net),
+        # TCP Fast Open connects from sendto/sendmsg, past both Landlock's
+        # connect hook and a supervisor watching connect().
+        tcp_restricted=bool(landlock.handled_net) or Category.NET_CONNECT in net.routed,
         deny_ipc="ipc" not in namespaces,
         deny_chmod=facts.privileged and Category.WRITE in policy.enabled,
     )

@@ -124,9 +124,11 @@ def compile_fs(
     *is_dir* (``os.path.isdir`` from the launcher; None in pure use) finds
     literal allow rules that name a directory: Landlock cannot allow a
     directory without what is beneath it, so such a rule routes too.
-    *exists* (``os.path.exists``) finds denied paths that do not exist yet
-    where the sandbox may create them: a mask needs something to cover, so
-    such a deny routes its categories instead.
+    *exists* (``os.path.exists``) finds paths that do not exist yet where
+    the sandbox may create them.  A mask needs something to cover, so such
+    a deny routes its categories; and Landlock can only grant what exists
+    when the ruleset is made, so such an allow routes its category too,
+    bounded by the nearest existing ancestor's tree.
     """
     known = fs_rights_for_abi(abi)
     handled = AccessFs(0)
@@ -150,6 +152,13 @@ def compile_fs(
         rules = policy.rules_for(category)
         if any(r.action is Action.ALLOW and not _exact_allow(r, category, is_dir) for r in rules):
             routed.add(category)
+        later = {
+            r.pattern
+            for r in rules
+            if r.action is Action.ALLOW and _appears_later(r.pattern, policy, exists)
+        }
+        if later:
+            routed.add(category)
         allowed: list[Rule] = []
         for index, rule in enumerate(rules):
             if rule.action is Action.ALLOW:
@@ -164,6 +173,8 @@ def compile_fs(
                 masks.add(target)
         for rule in allowed:
             key = _bound(rule.pattern, category in routed, category in NAMED_IN_PARENT)
+            if rule.pattern in later or (category in NAMED_IN_PARENT and exists is not None):
+                key = _existing_bound(key, exists)
             old, origin = grants.get(key, (AccessFs(0), str(rule)))
             grants[key] = (old | (rights & known), origin)
     if Category.READ in policy.enabled and _grant_read_for_exec(grants):
@@ -190,6 +201,36 @@ def _exact_allow(rule: Rule, category: Category, is_dir: Callable[[str], bool] |
     if not patterns.is_literal(rule.pattern) or category in NAMED_IN_PARENT:
         return False
     return is_dir is None or not is_dir(rule.pattern)
+
+
+def _appears_later(pattern: str, policy: Policy, exists: Callable[[str], bool] | None) -> bool:
+    """Whether the path an allow rule grants on is missing now but could be
+    created by the sandbox (a create rule reaches it, or create is off)."""
+    if exists is None:
+        return False
+    root = patterns.tree_root(pattern)
+    path = root if root is not None else patterns.literal_prefix(pattern)
+    if exists(path):
+        return False
+    if Category.CREATE not in policy.enabled:
+        return True
+    return any(
+        r.action is Action.ALLOW and patterns.may_overlap(r.pattern, path)
+        for r in policy.rules_for(Category.CREATE)
+    )
+
+
+def _existing_bound(
+    key: tuple[str, bool], exists: Callable[[str], bool] | None
+) -> tuple[str, bool]:
+    """*key* moved up to the nearest existing directory, as a tree: a grant
+    on a missing path would be skipped when the ruleset is made."""
+    path = key[0]
+    if exists is None or exists(path):
+        return key
+    while path != "/" and not exists(path):
+        path = path.rsplit("/", 1)[0] or "/"
+    return path, True
 
 
 def _bound(pattern: str, routed: bool, in_parent: bool) -> tuple[str, bool]:

@@ -57,6 +57,13 @@ kernel layer mediates them:
 * ``listen``, decided as ``net/bind``: listening on an unbound socket
   binds an ephemeral port that Landlock never sees.
 
+And whenever a category acting on content (read, write, exec, ioctl,
+stat) is routed and one of its rules reaches where names can be made
+(create or delete allowed): ``link``, ``linkat`` and ``rename*``.  The supervisor's
+rules follow names, and a new name for the same inode (which Landlock
+allows inside one writable tree) must not grant what the old name did
+not; :meth:`NotifyPlan.decide_move` says whether it would.
+
 The category of each system call
 ================================
 
@@ -207,6 +214,18 @@ SYSCALLS_BY_CATEGORY: dict[Category, tuple[str, ...]] = {
     Category.NET_BIND: ("bind", "listen"),
     Category.NET_SEND: ("connect", "sendto", "sendmsg", "sendmmsg"),
 }
+
+#: Categories that act on an inode's content or metadata, whatever its
+#: name: a link or rename must not gain any of them (decide_move).
+_CONTENT_CATEGORIES = (
+    Category.READ,
+    Category.WRITE,
+    Category.EXEC,
+    Category.IOCTL,
+    Category.STAT,
+)
+#: Calls that give an inode a new name.
+_NAMING_SYSCALLS = ("link", "linkat", *_RENAMES)
 
 #: What ``audit`` routes: every category a program's behaviour shows, for
 #: ``stockade learn``.  ``stat`` is left out: it is off by default, so a
@@ -612,6 +631,40 @@ class NotifyPlan:
         """
         return self._state.paths[category].decide(path)
 
+    def decide_move(self, source: str, target: str, source_is_dir: bool = False) -> Verdict:
+        """Whether an inode may get the name *target* besides (link) or
+        instead of (rename) *source*, as far as its content goes.
+
+        A new name must not grant what the old one did not: for every
+        enabled category that acts on content or metadata (read, write,
+        exec, ioctl, stat), allowed at *target* must mean allowed at
+        *source*.  A directory carries its whole tree, which one path
+        cannot stand for: it may move only when no rule of those
+        categories reaches beneath either name.  The answer is EXDEV, as
+        Landlock gives for a refused link, so ``mv`` falls back to a copy
+        whose every open is decided.  Creating and deleting the names
+        themselves are separate decisions (create at *target*, delete at
+        *source*).
+        """
+        state = self._state
+        for category in _CONTENT_CATEGORIES:
+            if category not in state.enabled:
+                continue
+            at_source = state.paths[category].decide(source)
+            if at_source.allow:
+                continue
+            if state.paths[category].decide(target).allow:
+                return Verdict(False, at_source.rule, errno.EXDEV)
+        if source_is_dir:
+            for rule in state.rules:
+                if rule.category not in _CONTENT_CATEGORIES or rule.category not in state.enabled:
+                    continue
+                for name in (source, target):
+                    beneath = patterns.escape_path(name.rstrip("/")) + "/**"
+                    if patterns.may_overlap(rule.pattern, beneath):
+                        return Verdict(False, rule, errno.EXDEV)
+        return ALLOW
+
     def decide_net(self, category: Category, family: int, address: str, port: int) -> Verdict:
         """The verdict for *category* access to an inet *address* and *port*.
 
@@ -706,6 +759,27 @@ def implicit_rules(policy: Policy) -> tuple[Rule, ...]:
     return tuple(out)
 
 
+def _names_can_move(policy: Policy, routed: frozenset[Category]) -> bool:
+    """Whether a link or rename could give a file a name that a routed
+    content category treats differently: only where names can be made
+    (create or delete allowed), since Landlock refuses the rest."""
+    movable = [
+        r
+        for r in policy.rules
+        if r.action is Action.ALLOW
+        and r.category in (Category.CREATE, Category.DELETE)
+        and r.category in policy.enabled
+    ]
+    if not movable and {Category.CREATE, Category.DELETE} <= policy.enabled:
+        return False
+    return any(
+        rule.category in routed
+        and rule.category in _CONTENT_CATEGORIES
+        and (not movable or any(patterns.may_overlap(m.pattern, rule.pattern) for m in movable))
+        for rule in policy.rules
+    )
+
+
 def private_tmp_rules(path: str) -> tuple[Rule, ...]:
     """Allow rules for a private tmp directory: every filesystem category
     but stat, as Landlock grants it (``launch/spawn.py``)."""
@@ -767,6 +841,12 @@ def compile_notify(
     for category in sorted(categories, key=lambda c: c.value):
         for trap in _traps_for(category):
             _merge(traps, trap)
+    if _names_can_move(policy, routed):
+        # A rule the supervisor holds follows names; a link or rename makes
+        # a new name for the same inode, which Landlock allows inside one
+        # writable tree (decide_move).
+        for name in _NAMING_SYSCALLS:
+            _merge(traps, Trap(name))
     if restricted(policy, Category.WRITE):
         for name in METADATA_SYSCALLS:
             _merge(traps, Trap(name))

@@ -200,6 +200,11 @@ def _collapse_paths(
     kept = {t for t in trees if not any(t != o and _under(t, o) for o in trees)}
     out |= {_tree(t) for t in kept}
     out |= {escape_path(p) for p in rest if not any(_under(p, t) for t in kept)}
+    if cat in (Category.CREATE, Category.DELETE):
+        # Landlock grants making and removing entries beneath a tree, not
+        # the tree's own directory (that right is its parent's): a
+        # directory the program made or removed itself keeps its own rule.
+        out |= {escape_path(t) for t in kept if t in targets}
     return out
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 import struct
 
 from stockade.kernel import _ffi, notify, procmem, syscalls
@@ -774,9 +775,11 @@ def h_rename(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Calle
         try:
             s.check(n, Category.DELETE, otarget)
             s.check(n, Category.CREATE, ntarget)
+            s.check_move(n, otarget, ntarget, _is_dir(ofd, oname))
             if flags & RENAME_EXCHANGE:
                 s.check(n, Category.DELETE, ntarget)
                 s.check(n, Category.CREATE, otarget)
+                s.check_move(n, ntarget, otarget, _is_dir(nfd, nname))
             elif _exists(nfd, nname):
                 s.check(n, Category.WRITE, ntarget)
                 s.check(n, Category.DELETE, ntarget)
@@ -792,6 +795,13 @@ def _nonempty(path: bytes) -> bytes:
     if not path:
         raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
     return path
+
+
+def _is_dir(dfd: int, name: bytes) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def _exists(dfd: int, name: bytes) -> bool:
@@ -820,11 +830,9 @@ def h_link(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller)
     try:
         dfd, name, target = _parent(s, w, n, caller, new)
         try:
-            # A new name must not grant what the old one did not: the
-            # source must be readable and writable where it is.
-            s.check(n, Category.READ, spath)
-            s.check(n, Category.WRITE, spath)
             s.check(n, Category.CREATE, target)
+            # A new name must not grant what the old one did not.
+            s.check_move(n, spath, target, False)
             _syscall(_nr("linkat"), AT_FDCWD, f"/proc/self/fd/{sfd}".encode(), dfd, name,
                      AT_SYMLINK_FOLLOW)  # fmt: skip
         finally:
