@@ -501,10 +501,14 @@ def _argv(w: Worker, n: notify.SeccompNotif, addr: int, limit: int = 256) -> tup
 
 @handles("chdir")
 def h_chdir(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
-    fd, path = _open_path(s, w, n, caller, _path_arg(s, w, n, AT_FDCWD, n.data.args[0]), True,
-                          directory=True)  # fmt: skip
-    os.close(fd)
-    s.check(n, Category.STAT, path)
+    fd, path = _open_path(s, w, n, caller, _path_arg(s, w, n, AT_FDCWD, n.data.args[0]), True)
+    try:
+        # Decided before the type is told: ENOTDIR would reveal a hidden path.
+        s.check(n, Category.STAT, path)
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+    finally:
+        os.close(fd)
     w.resp.cont(s.listener, n.id)
 
 
