@@ -1,7 +1,8 @@
 """Start-up cost of each namespace, as ratios to a run without namespaces.
 
 Runs ``Sandbox.run(['/bin/true'])`` through the fork server with each
-namespace stockade supports (and all of them together, and a mount mask),
+namespace stockade supports (and all of them together, a mount mask, and a
+private tmpfs root with the system directories bound in and its /dev),
 alternating the variants rep by rep so that drift hits all of them, and
 prints medians, ratios to the plain run and the milliseconds added.
 
@@ -32,11 +33,19 @@ VARIANTS: dict[str, dict[str, object]] = {
     "net (--no-net, loopback up)": {"no_net": True},
     "mount": {"unshare": ["mount"]},
     "mask (--deny /etc/shadow)": {"deny": ["/etc/shadow"]},
+    "root tmpfs (5 binds, /dev, pivot_root)": {"root": "tmpfs"},
     "all of them": {
         "unshare": ["user", "mount", "ipc"],
         "hostname": "bench",
         "no_net": True,
         "deny": ["/etc/shadow"],
+    },
+    "all of them + root tmpfs": {
+        "unshare": ["user", "mount", "ipc"],
+        "hostname": "bench",
+        "no_net": True,
+        "deny": ["/etc/shadow"],
+        "root": "tmpfs",
     },
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import selectors
 import subprocess
@@ -102,7 +103,8 @@ class Sandbox:
 
     Build it from keyword arguments (SPEC section 3; each has the name of
     a ``stockade run`` option, with ``binds``/``tmpfs`` lists for
-    ``--bind``/``--tmpfs``) or a ready :class:`Policy`.  Invalid arguments
+    ``--bind``/``--tmpfs`` and ``root="tmpfs"`` or a directory for
+    ``--root``) or a ready :class:`Policy`.  Invalid arguments
     raise :class:`stockade.PolicyError` before anything runs; a policy this
     kernel cannot enforce raises :class:`stockade.UnsupportedError` at the
     first run.  :meth:`run` and :meth:`popen` may be called from many
@@ -114,6 +116,12 @@ class Sandbox:
     every process a run leaves behind is found and ended; ``"fork"`` forks
     from this process, which must then be a child subreaper that kills and
     reaps what is reparented to it.
+
+    ``pty=True`` (``stockade run -i``) runs each command on a new
+    pseudo-terminal: its stdin, stdout and stderr are the terminal, which is
+    also its controlling terminal, so a shell's job control works.
+    :meth:`popen` gives the host side as ``proc.pty``; :meth:`run` types
+    ``input`` into it and returns what the terminal displayed as ``stdout``.
     """
 
     def __init__(
@@ -144,6 +152,8 @@ class Sandbox:
         no_net: bool = False,
         binds: Iterable[str] = (),
         tmpfs: Iterable[str] = (),
+        root: str | os.PathLike[str] | None = None,
+        pty: bool = False,
         on_event: Callable[[Any], Any] | None = None,
         spawner: str = "server",
     ) -> None:
@@ -168,7 +178,7 @@ class Sandbox:
                 b.profile(profile)
             for kind, paths in (("read", read), ("write", write), ("exec", exec)):
                 for path in paths:
-                    text = _existing(os.fspath(path), kind)
+                    text = _existing(os.fspath(path), kind, root)
                     getattr(b, kind)(text)
             for path in deny:
                 b.deny(os.fspath(path))
@@ -188,6 +198,7 @@ class Sandbox:
                 "timeout": timeout,
                 "cwd": cwd,
                 "hostname": hostname,
+                "root": os.fspath(root) if root is not None else None,
                 "unshare": (unshare if isinstance(unshare, str) else list(unshare)) or None,
             }
             for key, value in items.items():
@@ -195,7 +206,8 @@ class Sandbox:
                     b.set(key, value)
             if clean_env:
                 b.set("clean_env", True)
-            for flag, on in (("no_aslr", no_aslr), ("map_root", map_root), ("no_net", no_net)):
+            flags = (("no_aslr", no_aslr), ("map_root", map_root), ("no_net", no_net), ("pty", pty))
+            for flag, on in flags:
                 if on:
                     b.set(flag, True)
             if no_thp:
@@ -229,17 +241,18 @@ class Sandbox:
             if self._plan is None:
                 from stockade.supervisor.launch import observed_categories
 
+                is_dir, exists, realpath = path_probes(self.policy)
                 self._plan = compile_plan(
                     self.policy,
                     kernel_facts(),
                     observe=observed_categories(self.on_event is not None, self.policy.log),
-                    is_dir=os.path.isdir,
-                    exists=os.path.exists,
+                    is_dir=is_dir,
+                    exists=exists,
                 )
-                if self._plan.notify is not None:
+                if self._plan.notify is not None and realpath is not None:
                     # Rules also match where their prefix resolves (the
                     # supervisor decides on resolved paths).
-                    self._plan.notify.resolve_rule_paths(os.path.realpath)
+                    self._plan.notify.resolve_rule_paths(realpath)
             return self._plan
 
     def environment(self, tmpdir: str | None) -> dict[str, str]:
@@ -249,9 +262,17 @@ class Sandbox:
         env.update(p.env)
         if tmpdir is not None:
             env["TMPDIR"] = tmpdir
+        elif p.private_tmp and p.root is not None:
+            env["TMPDIR"] = "/tmp"  # noqa: S108 - the private root's own tmpfs
         return env
 
-    def popen(self, args: Sequence[str], **kwargs: Any) -> Any:
+    def popen(
+        self,
+        args: Sequence[str],
+        *,
+        terminal_size: tuple[int, int] | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Start *args* in the sandbox; returns a ``subprocess.Popen``.
 
         Accepts Popen's keyword arguments except those that would undo the
@@ -259,19 +280,57 @@ class Sandbox:
         The policy's ``cwd`` and environment apply unless given here.
         Raises PolicyError, UnsupportedError, LaunchError, or the OSError
         Popen raises when the command cannot be executed.
+
+        With a ``pty`` policy the command's stdio is a new pseudo-terminal
+        (``stdin``, ``stdout`` and ``stderr`` must not be given) of
+        *terminal_size* ``(columns, lines)``, 80x24 by default; the returned
+        process has ``pty``, an unbuffered binary file on the terminal's
+        master side, which the caller reads, writes and closes.
         """
         for bad in ("preexec_fn", "close_fds", "pass_fds", "user", "group", "extra_groups",
                     "start_new_session", "process_group", "shell", "executable"):  # fmt: skip
             if bad in kwargs:
                 raise PolicyError(f"not supported in a sandbox: {bad}", "popen", bad)
         plan = self.plan
-        prepared = Prepared(plan)
+        master, name = -1, None
+        if self.policy.pty:
+            master, slave = _open_terminal(kwargs, terminal_size)
+            kwargs.update(stdin=slave, stdout=slave, stderr=slave)
+            name = os.ttyname(slave)
+        elif terminal_size is not None:
+            raise PolicyError("needs pty=True", "popen", "terminal_size")
+        try:
+            proc = self._popen(args, plan, kwargs, name)
+        except BaseException:
+            if master >= 0:
+                os.close(master)
+            raise
+        finally:
+            if master >= 0:
+                # Only the command may hold the slave: the master's reader
+                # sees EIO once the sandbox is gone.
+                os.close(kwargs["stdin"])
+        if master >= 0:
+            proc.pty = io.FileIO(master, "r+")
+        return proc
+
+    def _popen(
+        self,
+        args: Sequence[str],
+        plan: EnforcementPlan,
+        kwargs: dict[str, Any],
+        terminal: str | None,
+    ) -> Any:
+        prepared = Prepared(plan, terminal)
         supervision = None
         try:
             env = kwargs.pop("env", None)
             if env is None:
                 env = self.environment(prepared.tmpdir)
-            kwargs.setdefault("cwd", self.policy.cwd)
+            if self.policy.root is None:
+                # Under a private root the child enters the policy's cwd
+                # itself, after pivot_root (it may exist only inside).
+                kwargs.setdefault("cwd", self.policy.cwd)
             supervision = self._supervise(plan, prepared)
             if self.spawner == "fork":
                 from stockade.launch.reaper import is_subreaper
@@ -337,8 +396,20 @@ class Sandbox:
         ``timeout`` (default: the policy's) kills the whole process tree
         when it passes; the result then has ``timed_out`` set.  When the
         command exits, every process it left behind is killed too.
+
+        With a ``pty`` policy, ``input`` is typed into the command's
+        terminal and followed by end of file, and ``stdout`` is everything
+        the terminal displayed (``stderr`` is None); without ``capture``
+        that goes to this process's stdout.
         """
         limit = timeout if timeout is not None else self.policy.timeout
+        if self.policy.pty:
+            for name, value in (("stdin", stdin), ("stdout", stdout), ("stderr", stderr)):
+                if value is not None:
+                    raise PolicyError(
+                        "the command's stdio is its terminal with pty=True", "run", name
+                    )
+            return self._run_on_terminal(args, input, capture, limit, cwd, env)
         if input is not None:
             stdin = PIPE
         if capture:
@@ -372,9 +443,73 @@ class Sandbox:
             denials=denials_of(proc),
         )
 
+    def _run_on_terminal(
+        self,
+        args: Sequence[str],
+        data: bytes | None,
+        capture: bool,
+        limit: float | None,
+        cwd: str | None,
+        env: Mapping[str, str] | None,
+    ) -> Result:
+        from stockade.launch import terminal
 
-def _existing(path: str, kind: str) -> str:
-    if os.path.isabs(path) and not os.path.lexists(path):
+        kwargs: dict[str, Any] = {}
+        if cwd is not None:
+            kwargs["cwd"] = cwd
+        if env is not None:
+            kwargs["env"] = dict(env)
+        start = time.monotonic()
+        proc = self.popen(args, **kwargs)
+        chunks: list[bytes] = []
+        sink: terminal.Sink = chunks if capture else 1
+        try:
+            deadline = None if limit is None else start + limit
+            master = proc.pty.fileno()
+            if not terminal.relay(master, proc.exit_fd, source=data or b"", sink=sink,
+                                  deadline=deadline):  # fmt: skip
+                proc.timed_out = True
+            proc.kill_tree()
+            terminal.drain(master, sink)
+        finally:
+            proc.kill_tree()
+            proc.wait()
+            proc.pty.close()
+        return Result(
+            args=list(args),
+            returncode=proc.returncode,
+            stdout=b"".join(chunks) if capture else None,
+            timed_out=proc.timed_out,
+            duration=time.monotonic() - start,
+        )
+
+
+def _open_terminal(kwargs: dict[str, Any], size: tuple[int, int] | None) -> tuple[int, int]:
+    """A new pseudo-terminal pair for a ``pty`` run, its size set."""
+    for name in ("stdin", "stdout", "stderr"):
+        if kwargs.get(name) is not None:
+            raise PolicyError("the command's stdio is its terminal with pty=True", "popen", name)
+    from stockade.kernel import pty
+
+    rows, cols = pty.DEFAULT_WINSIZE[:2]
+    if size is not None:
+        cols, rows = size
+    master, slave = pty.open_pair()
+    try:
+        pty.set_winsize(master, (rows, cols, 0, 0))
+    except BaseException:
+        os.close(master)
+        os.close(slave)
+        raise
+    return master, slave
+
+
+def _existing(path: str, kind: str, root: str | os.PathLike[str] | None = None) -> str:
+    # Under root=DIR the path names DIR's.
+    seen = path
+    if root is not None and os.fspath(root) != "tmpfs":
+        seen = os.path.join(os.fspath(root), path.lstrip("/"))
+    if os.path.isabs(path) and not os.path.lexists(seen):
         raise PolicyError(f"{path}: no such file or directory", "Sandbox", kind)
     return path
 
@@ -457,3 +592,24 @@ def denials_of(proc: Any) -> list[Denial]:
         Denial(e.syscall, e.category, e.target, e.pid, e.errno, e.rule)
         for e in list(session.denials)
     ]
+
+
+def path_probes(
+    policy: Policy,
+) -> tuple[Callable[[str], bool], Callable[[str], bool], Callable[[str], str] | None]:
+    """``(is_dir, exists, realpath)`` for the paths the policy's rules name,
+    as the sandbox will see them: under ``root = DIR`` they are DIR's (and
+    rule prefixes are not resolved: DIR's absolute symlinks would point at
+    the host); otherwise the host's, which a tmpfs root binds as they are."""
+    root = policy.root
+    if root is None or root == "tmpfs":
+        return os.path.isdir, os.path.exists, os.path.realpath
+
+    def inside(path: str) -> str:
+        return os.path.join(root, path.lstrip("/"))
+
+    return (
+        lambda path: os.path.isdir(inside(path)),
+        lambda path: os.path.exists(inside(path)),
+        None,
+    )

@@ -266,3 +266,13 @@ def test_a_later_allow_inside_a_mask_goes_to_the_supervisor() -> None:
     assert plan.notify.decide(Category.READ, "/etc/ssl/certs/ca.pem").allow
     assert not plan.notify.decide(Category.READ, "/etc/ssl/private/key").allow
     assert plan.notify.decide(Category.READ, "/etc/passwd").allow
+
+
+def test_pty_is_planned_and_reaches_the_child_options() -> None:
+    from stockade.launch.options import child_options
+
+    plan = compile_plan(policy(*BASIC, pty=True), facts())
+    assert child_options(plan)["controlling_tty"] is True
+    assert child_options(compile_plan(policy(*BASIC), facts()))["controlling_tty"] is False
+    # The filter is the same program: TIOCSTI stays refused on every fd.
+    assert plan.filter_program == compile_plan(policy(*BASIC), facts()).filter_program

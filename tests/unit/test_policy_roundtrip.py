@@ -133,6 +133,12 @@ path_component = st.text(
     max_size=6,
 )
 abs_paths = st.lists(path_component, min_size=0, max_size=3).map(lambda cs: "/" + "/".join(cs))
+#: Where something is mounted or made: no ".." (refused there), not the root.
+dest_paths = (
+    st.lists(path_component.filter(lambda c: c != ".."), min_size=1, max_size=3)
+    .map(lambda cs: "/" + "/".join(cs))
+    .filter(lambda p: p.strip("/.") != "")
+)
 limits = st.builds(
     lambda name, a, b: Rlimit(name, *sorted((a, b), key=lambda v: (v is None, v or 0))),
     st.sampled_from(RLIMIT_NAMES),
@@ -186,11 +192,16 @@ ops: st.SearchStrategy[Op] = st.one_of(
         st.sampled_from(["clean_env", "no_net", "pty", "no_aslr", "no_thp", "private_tmp"]),
         st.booleans(),
     ),
-    st.builds(_op, st.just("set"), st.sampled_from(["cwd", "log", "root", "tmpfs"]), abs_paths),
+    st.builds(_op, st.just("set"), st.sampled_from(["cwd", "log", "root"]), abs_paths),
+    st.builds(
+        _op, st.just("set"), st.sampled_from(["tmpfs", "mkdir", "mkfile", "mkfifo"]), dest_paths
+    ),
+    st.builds(_op, st.just("set"), st.just("symlink"), st.tuples(path_component, dest_paths)),
+    st.builds(_op, st.just("set"), st.just("link"), st.tuples(dest_paths, dest_paths)),
     st.builds(_op, st.just("set"), st.just("root"), st.just("tmpfs")),
     st.builds(_op, st.just("set"), st.just("unshare"), st.lists(st.sampled_from(UNSHARE_NAMES))),
     st.builds(
-        _op, st.just("set"), st.just("bind"), st.builds(Bind, abs_paths, abs_paths, st.booleans())
+        _op, st.just("set"), st.just("bind"), st.builds(Bind, abs_paths, dest_paths, st.booleans())
     ),
     st.builds(
         _op,

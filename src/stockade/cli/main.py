@@ -78,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="namespaces: user,mount,pid,net,uts,ipc,cgroup,time or all",
     )
     run.add_argument("--map-root", action="store_true", help="appear as root in a user namespace")
-    run.add_argument("--root", metavar="tmpfs|DIR", help="a private root")
+    run.add_argument(
+        "--root",
+        metavar="tmpfs|DIR",
+        help="a private root: an empty tmpfs (the -r/-w paths are bound in) or DIR",
+    )
     run.add_argument(
         "--bind", action="append", default=[], metavar="SRC:DST[:ro]", help="bind-mount SRC at DST"
     )

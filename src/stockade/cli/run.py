@@ -36,9 +36,14 @@ def build_policy(args: argparse.Namespace) -> Any:
 
     cwd = os.getcwd()
     b = PolicyBuilder("stockade run", relative_base=cwd)
+    # Under --root DIR, -r /usr names DIR/usr.
+    root = getattr(args, "root", None)
+    inside = root if root not in (None, "tmpfs") else None
     for kind, value in getattr(args, "access", None) or []:
         if kind in ("read", "write", "exec"):
             path = os.path.join(cwd, value)
+            if inside is not None:
+                path = os.path.join(cwd, inside, path.lstrip("/"))
             if not os.path.lexists(path):
                 raise PolicyError(f"{value}: no such file or directory", f"--{kind}")
             getattr(b, kind)(value)
@@ -171,8 +176,13 @@ def _supervise(sandbox: Any, argv: list[str], policy: Any) -> int:
 def _start_and_wait(sandbox: Any, argv: list[str], policy: Any, forwarder: _Forwarder) -> int:
     from stockade.errors import LaunchError
 
+    kwargs: dict[str, Any] = {}
+    if policy.pty:
+        from stockade.cli import pty
+
+        kwargs["terminal_size"] = pty.initial_size()
     try:
-        proc = sandbox.popen(argv)
+        proc = sandbox.popen(argv, **kwargs)
     except FileNotFoundError:
         sys.stderr.write(f"stockade: {argv[0]}: command not found\n")
         return EXIT_NOT_FOUND
@@ -182,7 +192,8 @@ def _start_and_wait(sandbox: Any, argv: list[str], policy: Any, forwarder: _Forw
     except (LaunchError, StockadeError) as err:
         return fail(str(err))
     forwarder.attach(proc)
-    if not proc.exited(policy.timeout):
+    exited = pty.interact(proc, policy.timeout) if policy.pty else proc.exited(policy.timeout)
+    if not exited:
         proc.timed_out = True
     proc.kill_tree()
     code = proc.wait()

@@ -187,3 +187,24 @@ def restrict_self(ruleset_fd: int, flags: int = 0) -> None:
 def open_path(path: str) -> int:
     """Open *path* as an ``O_PATH`` descriptor for a path-beneath rule."""
     return os.open(path, os.O_PATH | os.O_CLOEXEC)
+
+
+SYS_openat2 = 437
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_IN_ROOT = 0x10
+
+
+class OpenHow(ctypes.Structure):
+    """struct open_how { __u64 flags; __u64 mode; __u64 resolve; };"""
+
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def open_path_in_root(root_fd: int, path: str) -> int:
+    """Open *path* as ``O_PATH`` the way a process whose root is the
+    directory *root_fd* would see it: ``..`` and absolute symlinks stay
+    beneath it (openat2 ``RESOLVE_IN_ROOT``)."""
+    how = OpenHow(os.O_PATH | os.O_CLOEXEC, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+    return _ffi.syscall(
+        SYS_openat2, root_fd, os.fsencode(path), ctypes.byref(how), ctypes.sizeof(how), path=path
+    )

@@ -13,6 +13,10 @@ The order, and why:
 
 1. ``setsid`` - the sandbox gets its own session and process group, so it
    cannot reach our terminal's job control and can be killed as a group.
+   With a pseudo-terminal of its own (``-i``), stdin is the new terminal's
+   slave: ``TIOCSCTTY`` makes it the session's controlling terminal, with
+   the command's group in the foreground.  It must follow ``setsid`` (only
+   a session leader without a terminal may take one).
 2. ``PR_SET_PDEATHSIG(SIGKILL)``, then check that the parent is still the
    one that forked us (it may have died before the prctl).  Optionally
    become a child subreaper (kept across exec), so that what the command
@@ -21,9 +25,13 @@ The order, and why:
    Namespaces - one unshare(2); in a new user namespace, map our own ids
    (setgroups denied first, as an unprivileged map requires); in a new
    network namespace bring loopback up; in a new UTS namespace set the
-   hostname.  These use the capabilities the new user namespace grants,
-   so they come before step 6, and before the rlimits: a user namespace
-   records the creator's RLIMIT_NPROC for the level above it.
+   hostname; in a new mount namespace make every mount private, then
+   either enter a private root (mounts made inside it, pivot_root, the
+   old root detached; see ``_enter_root``) or mount the binds in place,
+   and last the masks.  These use the capabilities the new user
+   namespace grants, so they come before step 6, and before the rlimits:
+   a user namespace records the creator's RLIMIT_NPROC for the level
+   above it.
 4. rlimits - before privileges are dropped (root could still raise them
    afterwards otherwise; see step 6).
 5. personality, THP, CPU affinity - process attributes exec keeps.
@@ -82,8 +90,15 @@ STEP_MOUNT_PRIVATE = 18
 STEP_MASK_STAGING = 19
 STEP_MASK = 20
 STEP_BIND = 21
-STEP_NOTIFY = 22
-STEP_HANDOFF = 23
+STEP_ROOT = 22
+STEP_ROOT_SOURCE = 23
+STEP_ROOT_MAKE = 24
+STEP_ROOT_MOUNT = 25
+STEP_PIVOT = 26
+STEP_ROOT_CWD = 27
+STEP_CTTY = 30
+STEP_NOTIFY = 31
+STEP_HANDOFF = 32
 
 STEP_NAMES = {
     STEP_SETSID: "setsid",
@@ -107,9 +122,18 @@ STEP_NAMES = {
     STEP_MASK_STAGING: "preparing the masks (tmpfs)",
     STEP_MASK: "mounting a mask over",
     STEP_BIND: "mounting (--bind or --tmpfs) over",
+    STEP_ROOT: "making the private root (--root)",
+    STEP_ROOT_SOURCE: "opening what the private root mounts at",
+    STEP_ROOT_MAKE: "making in the private root",
+    STEP_ROOT_MOUNT: "mounting in the private root over",
+    STEP_PIVOT: "pivot_root into the private root",
+    STEP_ROOT_CWD: "entering the working directory (--cwd) inside the private root",
+    STEP_CTTY: "ioctl(TIOCSCTTY): taking the new pseudo-terminal as controlling terminal",
     STEP_NOTIFY: "seccomp(SECCOMP_SET_MODE_FILTER) of the notify filter",
     STEP_HANDOFF: "handing the notify listener to the supervisor",
 }
+#: Steps whose index names an entry of ``mounts``.
+_MOUNT_STEPS = (STEP_BIND, STEP_ROOT_SOURCE, STEP_ROOT_MAKE, STEP_ROOT_MOUNT)
 
 #: Exit status of a child that failed setup (never seen by users: the
 #: parent raises instead).
@@ -134,6 +158,7 @@ SYS_socket = 41
 SYS_ioctl = 16
 SYS_unshare = 272
 SYS_sethostname = 170
+TIOCSCTTY = 0x540E
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUTS = 0x04000000
@@ -164,6 +189,41 @@ SYS_fsconfig = 431
 SYS_fsmount = 432
 SYS_openat2 = 437
 SYS_mount_setattr = 442
+SYS_pivot_root = 155
+SYS_umount2 = 166
+SYS_fchdir = 81
+SYS_chdir = 80
+SYS_getcwd = 79
+SYS_mknodat = 259
+SYS_symlinkat = 266
+SYS_linkat = 265
+MNT_DETACH = 2
+FSCONFIG_SET_FLAG = 0
+FSCONFIG_SET_STRING = 1
+MOVE_MOUNT_F_EMPTY_PATH_ONLY = 0x4
+RESOLVE_NO_MAGICLINKS = 0x02
+O_DIRECTORY = 0o200000
+O_EXCL = 0o200
+O_NOFOLLOW = 0o400000
+S_IFIFO = 0o010000
+EEXIST = 17
+ENOENT = 2
+AT_FDCWD = -100
+# Operations of a private root (see stockade.launch.rootfs, which makes them).
+OP_RO = 0x1
+OP_CREATE = 0x2
+OP_FILE = 0x4
+OP_DEV = 0x8
+OP_RW_RULE = 0x10
+OP_LIST_RULE = 0x20
+OP_READ_RULE = 0x40
+OP_DEVPTS = 0x80
+K_MOUNT = 0
+K_MKDIR = 1
+K_MKFILE = 2
+K_MKFIFO = 3
+K_SYMLINK = 4
+K_LINK = 5
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 FSOPEN_CLOEXEC = 1
@@ -253,8 +313,12 @@ class ChildSetup:
         loopback: bool = False,
         hostname: str | None = None,
         masks: tuple[tuple[bytes, bool], ...] = (),
-        mounts: tuple[tuple[bytes, bytes, bool], ...] = (),
+        mounts: tuple[tuple[Any, ...], ...] = (),
         tmpfs_rights: int = 0,
+        root: bytes | None = None,
+        root_cwd: bytes | None = None,
+        root_rights: tuple[int, ...] = (0, 0, 0, 0),
+        controlling_tty: bool = False,
         landlock_fd: int | None = None,
         seccomp_filter: PreparedFilter | None = None,
         notify_filter: PreparedFilter | None = None,
@@ -312,10 +376,31 @@ class ChildSetup:
         self._mount_attr = _MountAttr(
             MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC, 0, 0, 0
         )
+        # A private root: b"" for a tmpfs, else the directory; ``mounts`` then
+        # holds its operations (stockade.launch.rootfs.root_ops).
+        self._root = root
+        self._root_cwd = root_cwd
+        self._root_fd = -1
+        self._trees = [-1] * len(mounts) if root is not None else []
+        self._list_rule = PathBeneathAttr(root_rights[0], -1)
+        self._read_rule = PathBeneathAttr(root_rights[1], -1)
+        self._fifo_rule = PathBeneathAttr(root_rights[2], -1)
+        self._pts_rule = PathBeneathAttr(root_rights[3], -1)
+        self._dev_attr = _MountAttr(MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, 0, 0, 0)
+        self._root_attr = _MountAttr(MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, 0, 0)
+        self._root_ro_attr = _MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                                        0, 0, 0)  # fmt: skip
+        # One component at a time: no symlink, no magic link, no "..".
+        self._step_how = _OpenHow(O_PATH | O_CLOEXEC | O_NOFOLLOW, 0,
+                                  RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)  # fmt: skip
+        self._dir_how = _OpenHow(O_PATH | O_CLOEXEC | O_DIRECTORY, 0,
+                                 RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)  # fmt: skip
+        self._cwd_buf = ctypes.create_string_buffer(4096)
         self._hostname = None
         if hostname is not None:
             encoded = hostname.encode()
             self._hostname = (ctypes.create_string_buffer(encoded, len(encoded)), len(encoded))
+        self._controlling_tty = controlling_tty
         self._landlock_fd = landlock_fd
         self._filter = seccomp_filter
         self._notify = notify_filter if notify_fd is not None else None
@@ -345,6 +430,8 @@ class ChildSetup:
         """Apply every step, in order.  Child only; never returns on failure."""
         c_long = ctypes.c_long
         self._sys(STEP_SETSID, SYS_setsid)
+        if self._controlling_tty:
+            self._sys(STEP_CTTY, SYS_ioctl, c_long(0), c_long(TIOCSCTTY), c_long(0))
         self._pr(STEP_PDEATHSIG, PR_SET_PDEATHSIG, SIGKILL)
         if self._syscall(c_long(SYS_getppid)) != self._parent_pid:
             self._fail(STEP_PARENT, 3)  # ESRCH
@@ -436,7 +523,9 @@ class ChildSetup:
             # Nothing mounted here may propagate back to the host.
             self._sys(STEP_MOUNT_PRIVATE, SYS_mount, None, b"/", None,
                       c_long(MS_REC | MS_PRIVATE), None)  # fmt: skip
-        if self._mounts:
+        if self._root is not None:
+            self._enter_root()
+        elif self._mounts:
             self._mount_binds()
         if self._masks:
             self._mount_masks()
@@ -448,7 +537,7 @@ class ChildSetup:
 
     def _mount_binds(self) -> None:
         c_long = ctypes.c_long
-        for index, (source, target, readonly) in enumerate(self._mounts):
+        for index, (source, target, readonly, *_) in enumerate(self._mounts):
             step = STEP_BIND
             if source:
                 src = self._open_nofollow(step, source, index)
@@ -479,6 +568,245 @@ class ChildSetup:
                       index=index)  # fmt: skip
             self._syscall(c_long(SYS_close), c_long(tree))
             self._syscall(c_long(SYS_close), c_long(dst))
+
+    # -- a private root (--root) ----------------------------------------------
+    #
+    # 1. Every mount the root will hold is opened or made first: bind
+    #    sources are host paths, resolved while the host's root is ours.
+    # 2. The root (a tmpfs, or a recursive bind of DIR) is attached on top of
+    #    "/", because pivot_root needs it in our mount tree.  "/" still
+    #    resolves in the old root, so from here on everything goes through
+    #    the root's fd, one component at a time, never through a symlink.
+    # 3. The operations of stockade.launch.rootfs, in its order.
+    # 4. A tmpfs root turns read-only; pivot_root(".", ".") stacks the old
+    #    root on the new one, and umount2(".", MNT_DETACH) takes it away:
+    #    no path reaches it any more.
+
+    def _enter_root(self) -> None:
+        c_long = ctypes.c_long
+        # Popen has entered the requested directory: keep it if the new
+        # root has it too.
+        have_cwd = False
+        if self._root_cwd is None:
+            size = c_long(ctypes.sizeof(self._cwd_buf))
+            have_cwd = self._syscall(c_long(SYS_getcwd), self._cwd_buf, size) > 0
+        for index, (source, _target, flags, _parents, _name) in enumerate(self._mounts):
+            if flags >> 8 == K_MOUNT:
+                self._trees[index] = self._make_tree(index, source, flags)
+        root = self._make_root()
+        self._sys(STEP_ROOT, SYS_move_mount, c_long(root), b"", c_long(AT_FDCWD), b"/",
+                  c_long(MOVE_MOUNT_F_EMPTY_PATH))  # fmt: skip
+        self._root_fd = root
+        for index, op in enumerate(self._mounts):
+            self._root_op(index, op)
+        if not self._root:
+            self._sys(STEP_ROOT, SYS_mount_setattr, c_long(root), b"", c_long(AT_EMPTY_PATH),
+                      ctypes.byref(self._root_ro_attr),
+                      c_long(ctypes.sizeof(_MountAttr)))  # fmt: skip
+        self._sys(STEP_PIVOT, SYS_fchdir, c_long(root))
+        self._sys(STEP_PIVOT, SYS_pivot_root, b".", b".")
+        self._sys(STEP_PIVOT, SYS_umount2, b".", c_long(MNT_DETACH))
+        self._sys(STEP_PIVOT, SYS_chdir, b"/")
+        self._syscall(c_long(SYS_close), c_long(root))
+        self._root_fd = -1
+        if self._root_cwd is not None:
+            fd = self._sys(STEP_ROOT_CWD, SYS_openat2, c_long(AT_FDCWD), self._root_cwd,
+                           ctypes.byref(self._dir_how),
+                           c_long(ctypes.sizeof(_OpenHow)))  # fmt: skip
+            self._sys(STEP_ROOT_CWD, SYS_fchdir, c_long(fd))
+            self._syscall(c_long(SYS_close), c_long(fd))
+        elif have_cwd:
+            fd = self._syscall(c_long(SYS_openat2), c_long(AT_FDCWD), self._cwd_buf,
+                               ctypes.byref(self._dir_how),
+                               c_long(ctypes.sizeof(_OpenHow)))  # fmt: skip
+            if fd >= 0:
+                self._syscall(c_long(SYS_fchdir), c_long(fd))
+                self._syscall(c_long(SYS_close), c_long(fd))
+
+    def _new_tmpfs(self, step: int, index: int) -> int:
+        c_long = ctypes.c_long
+        fs = self._sys(step, SYS_fsopen, b"tmpfs", c_long(FSOPEN_CLOEXEC), index=index)
+        self._sys(step, SYS_fsconfig, c_long(fs), c_long(FSCONFIG_SET_STRING), b"mode", b"0755",
+                  c_long(0), index=index)  # fmt: skip
+        self._sys(step, SYS_fsconfig, c_long(fs), c_long(FSCONFIG_CMD_CREATE), None, None,
+                  c_long(0), index=index)  # fmt: skip
+        tree = self._sys(step, SYS_fsmount, c_long(fs), c_long(FSMOUNT_CLOEXEC), c_long(0),
+                         index=index)  # fmt: skip
+        self._syscall(c_long(SYS_close), c_long(fs))
+        return tree
+
+    def _new_devpts(self) -> int:
+        """A private devpts instance (ptys of the sandbox's own), or -1 where
+        the kernel refuses one: ptys are a convenience, not a boundary."""
+        c_long, call = ctypes.c_long, self._syscall
+        fs = call(c_long(SYS_fsopen), b"devpts", c_long(FSOPEN_CLOEXEC))
+        if fs < 0:
+            return -1
+        tree = -1
+        if (
+            call(c_long(SYS_fsconfig), c_long(fs), c_long(FSCONFIG_SET_FLAG), b"newinstance",
+                 None, c_long(0)) == 0
+            and call(c_long(SYS_fsconfig), c_long(fs), c_long(FSCONFIG_SET_STRING), b"ptmxmode",
+                     b"0666", c_long(0)) == 0
+            and call(c_long(SYS_fsconfig), c_long(fs), c_long(FSCONFIG_SET_STRING), b"mode",
+                     b"0620", c_long(0)) == 0
+            and call(c_long(SYS_fsconfig), c_long(fs), c_long(FSCONFIG_CMD_CREATE), None, None,
+                     c_long(0)) == 0
+        ):  # fmt: skip
+            tree = call(c_long(SYS_fsmount), c_long(fs), c_long(FSMOUNT_CLOEXEC), c_long(0))
+        call(c_long(SYS_close), c_long(fs))
+        return tree
+
+    def _add_rule(self, step: int, rule: PathBeneathAttr, fd: int, index: int) -> None:
+        """Add a Landlock rule on *fd*: what exists only inside the sandbox
+        (a tmpfs, a file made there) has no host path the parent could open."""
+        if self._landlock_fd is None or not rule.allowed_access:
+            return
+        rule.parent_fd = fd
+        self._sys(step, _ffi.SYS_landlock_add_rule, ctypes.c_long(self._landlock_fd),
+                  ctypes.c_long(LANDLOCK_RULE_PATH_BENEATH), ctypes.byref(rule), ctypes.c_long(0),
+                  index=index)  # fmt: skip
+
+    def _make_tree(self, index: int, source: bytes, flags: int) -> int:
+        c_long = ctypes.c_long
+        step = STEP_ROOT_SOURCE
+        if source:
+            src = self._open_nofollow(step, source, index)
+            tree = self._sys(step, SYS_open_tree, c_long(src), b"",
+                             c_long(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE
+                                    | AT_EMPTY_PATH), index=index)  # fmt: skip
+            self._syscall(c_long(SYS_close), c_long(src))
+            attr = (
+                self._dev_attr if flags & OP_DEV
+                else self._bind_ro_attr if flags & OP_RO
+                else self._bind_attr
+            )  # fmt: skip
+        elif flags & OP_DEVPTS:
+            tree = self._new_devpts()
+            if tree < 0:
+                return -1
+            attr = self._dev_attr
+            self._add_rule(step, self._pts_rule, tree, index)
+        else:
+            tree = self._new_tmpfs(step, index)
+            attr = self._bind_attr
+            if flags & OP_RW_RULE:
+                self._add_rule(step, self._tmpfs_rule, tree, index)
+            if flags & OP_LIST_RULE:
+                self._add_rule(step, self._list_rule, tree, index)
+        self._sys(step, SYS_mount_setattr, c_long(tree), b"", c_long(AT_EMPTY_PATH | AT_RECURSIVE),
+                  ctypes.byref(attr), c_long(ctypes.sizeof(_MountAttr)), index=index)  # fmt: skip
+        return tree
+
+    def _make_root(self) -> int:
+        c_long = ctypes.c_long
+        step = STEP_ROOT
+        if self._root:
+            src = self._sys(step, SYS_openat2, c_long(AT_FDCWD), self._root,
+                            ctypes.byref(self._dir_how),
+                            c_long(ctypes.sizeof(_OpenHow)))  # fmt: skip
+            root = self._sys(step, SYS_open_tree, c_long(src), b"",
+                             c_long(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE
+                                    | AT_EMPTY_PATH))  # fmt: skip
+            self._syscall(c_long(SYS_close), c_long(src))
+        else:
+            root = self._new_tmpfs(step, 0)
+            self._add_rule(step, self._list_rule, root, 0)
+        self._sys(step, SYS_mount_setattr, c_long(root), b"", c_long(AT_EMPTY_PATH | AT_RECURSIVE),
+                  ctypes.byref(self._root_attr), c_long(ctypes.sizeof(_MountAttr)))  # fmt: skip
+        return root
+
+    def _walk(self, step: int, index: int, parents: tuple[bytes, ...], create: int) -> int:
+        """The directory *parents* names beneath the root, reached one
+        component at a time (a symlink is ELOOP), made if *create*."""
+        c_long = ctypes.c_long
+        how, size = ctypes.byref(self._dir_how), c_long(ctypes.sizeof(_OpenHow))
+        fd = self._root_fd
+        for name in parents:
+            nxt = self._syscall(c_long(SYS_openat2), c_long(fd), name, how, size)
+            if nxt == -1:
+                err = self._get_errno()
+                if err != ENOENT or not create:
+                    self._fail(step, err, index)
+                if self._syscall(c_long(SYS_mkdirat), c_long(fd), name, c_long(0o755)) == -1:
+                    err = self._get_errno()
+                    if err != EEXIST:
+                        self._fail(step, err, index)
+                nxt = self._sys(step, SYS_openat2, c_long(fd), name, how, size, index=index)
+            if fd != self._root_fd:
+                self._syscall(c_long(SYS_close), c_long(fd))
+            fd = nxt
+        return fd
+
+    def _open_in(self, step: int, index: int, dirfd: int, name: bytes) -> int:
+        return self._sys(step, SYS_openat2, ctypes.c_long(dirfd), name,
+                         ctypes.byref(self._open_how), ctypes.c_long(ctypes.sizeof(_OpenHow)),
+                         index=index)  # fmt: skip
+
+    def _make_dir(self, step: int, index: int, dirfd: int, name: bytes) -> None:
+        c_long = ctypes.c_long
+        if self._syscall(c_long(SYS_mkdirat), c_long(dirfd), name, c_long(0o755)) == -1:
+            err = self._get_errno()
+            if err != EEXIST:
+                self._fail(step, err, index)
+
+    def _make_file(self, step: int, index: int, dirfd: int, name: bytes, exist_ok: bool) -> None:
+        c_long = ctypes.c_long
+        fd = self._syscall(c_long(SYS_openat), c_long(dirfd), name,
+                           c_long(O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC | O_NOFOLLOW),
+                           c_long(0o644))  # fmt: skip
+        if fd >= 0:
+            self._syscall(c_long(SYS_close), c_long(fd))
+        elif not exist_ok or self._get_errno() != EEXIST:
+            self._fail(step, self._get_errno(), index)
+
+    def _root_op(self, index: int, op: tuple[bytes, bytes, int, tuple[bytes, ...], bytes]) -> None:
+        c_long = ctypes.c_long
+        source, _target, flags, parents, name = op
+        kind = flags >> 8
+        step = STEP_ROOT_MOUNT if kind == K_MOUNT else STEP_ROOT_MAKE
+        create = flags & OP_CREATE if kind == K_MOUNT else 1
+        d = self._walk(step, index, parents, create)
+        rule = self._fifo_rule if flags & OP_RW_RULE else self._read_rule
+        if kind == K_MOUNT and self._trees[index] < 0:
+            pass  # an optional mount the kernel refused (devpts)
+        elif kind == K_MOUNT:
+            if create and flags & OP_FILE:
+                self._make_file(step, index, d, name, True)
+            elif create:
+                self._make_dir(step, index, d, name)
+            target = self._open_in(step, index, d, name)
+            tree = self._trees[index]
+            self._sys(step, SYS_move_mount, c_long(tree), b"", c_long(target), b"",
+                      c_long(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH),
+                      index=index)  # fmt: skip
+            self._syscall(c_long(SYS_close), c_long(tree))
+            self._syscall(c_long(SYS_close), c_long(target))
+            self._trees[index] = -1
+        elif kind == K_MKDIR:
+            self._make_dir(step, index, d, name)
+            # What exists already must be a directory, not a link to one.
+            fd = self._sys(step, SYS_openat2, c_long(d), name, ctypes.byref(self._dir_how),
+                           c_long(ctypes.sizeof(_OpenHow)), index=index)  # fmt: skip
+            self._syscall(c_long(SYS_close), c_long(fd))
+        elif kind == K_SYMLINK:
+            self._sys(step, SYS_symlinkat, source, c_long(d), name, index=index)
+        else:
+            if kind == K_MKFILE:
+                self._make_file(step, index, d, name, False)
+            elif kind == K_MKFIFO:
+                self._sys(step, SYS_mknodat, c_long(d), name, c_long(S_IFIFO | 0o644), c_long(0),
+                          index=index)  # fmt: skip
+            else:  # K_LINK: source is the existing file, relative to the root
+                src = self._open_in(step, index, self._root_fd, source)
+                self._sys(step, SYS_linkat, c_long(src), b"", c_long(d), name,
+                          c_long(AT_EMPTY_PATH), index=index)  # fmt: skip
+                self._syscall(c_long(SYS_close), c_long(src))
+            fd = self._open_in(step, index, d, name)
+            self._add_rule(step, rule, fd, index)
+            self._syscall(c_long(SYS_close), c_long(fd))
+        if d != self._root_fd:
+            self._syscall(c_long(SYS_close), c_long(d))
 
     def _mount_masks(self) -> None:
         c_long = ctypes.c_long
@@ -551,11 +879,11 @@ def failed_target(
     step: str,
     index: int,
     masks: tuple[tuple[bytes, bool], ...] = (),
-    mounts: tuple[tuple[bytes, bytes, bool], ...] = (),
+    mounts: tuple[tuple[Any, ...], ...] = (),
 ) -> str:
     """The path a failed mask or mount step was about, for the message."""
     if step == STEP_NAMES[STEP_MASK] and index < len(masks):
         return masks[index][0].decode(errors="replace")
-    if step == STEP_NAMES[STEP_BIND] and index < len(mounts):
-        return mounts[index][1].decode(errors="replace")
+    if step in (STEP_NAMES[s] for s in _MOUNT_STEPS) and index < len(mounts):
+        return bytes(mounts[index][1]).decode(errors="replace")
     return ""

@@ -241,7 +241,7 @@ class ServerProcess(subprocess.Popen[Any]):
                 # is ours.
                 cwd=os.fsdecode(cwd) if cwd is not None else os.getcwd(),
                 fds=["conn", *names],
-                setup=child_options(plan),
+                setup=child_options(plan, self.prepared.terminal),
                 filter_program=plan.filter_program,
                 notify_program=self.prepared.notify_program,
             )

@@ -14,13 +14,15 @@ from typing import TYPE_CHECKING, Any
 from stockade.errors import PolicyError
 from stockade.kernel import caps
 from stockade.kernel.landlock import AccessFs
+from stockade.launch.rootfs import root_options
 
 if TYPE_CHECKING:  # the fork server imports this module: keep it light
     from stockade.plan import EnforcementPlan
 
 
-def child_options(plan: EnforcementPlan) -> dict[str, Any]:
-    """ChildSetup keyword arguments for *plan* (all picklable)."""
+def child_options(plan: EnforcementPlan, terminal: str | None = None) -> dict[str, Any]:
+    """ChildSetup keyword arguments for *plan* (all picklable); *terminal*
+    is the slave of the run's own pseudo-terminal (``pty``)."""
     policy = plan.policy
     id_maps = None
     if "user" in plan.namespaces:
@@ -41,8 +43,11 @@ def child_options(plan: EnforcementPlan) -> dict[str, Any]:
         "loopback": plan.loopback,
         "hostname": policy.hostname,
         "masks": resolve_masks(plan),
-        "mounts": resolve_mounts(plan),
+        "mounts": resolve_mounts(plan) if policy.root is None else (),
         "tmpfs_rights": plan.tmpfs_rights,
+        **root_options(plan, terminal),
+        # stdin is then the slave of a pseudo-terminal made for this run.
+        "controlling_tty": policy.pty,
     }
 
 
@@ -94,10 +99,14 @@ def resolve_masks(plan: EnforcementPlan) -> tuple[tuple[bytes, bool], ...]:
     writable = [
         g.path for g in plan.landlock.grants if g.rights & (AccessFs.MAKE_REG | AccessFs.MAKE_DIR)
     ]
+    root = plan.policy.root
+    inside = root if root is not None and root != "tmpfs" else None
     for path in plan.landlock.masks:
-        real = os.path.realpath(path)
+        # Under root = DIR the path is DIR's, taken as written: the child
+        # refuses any symlink on the way (ELOOP).
+        real = path if inside else os.path.realpath(path)
         try:
-            st = os.stat(real)
+            st = os.lstat(os.path.join(inside, path.lstrip("/"))) if inside else os.stat(real)
         except FileNotFoundError:
             if any(real == w or real.startswith(w.rstrip("/") + "/") for w in writable):
                 raise PolicyError(

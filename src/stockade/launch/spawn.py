@@ -30,13 +30,16 @@ from stockade.launch.child import (
 from stockade.launch.options import bounding_to_drop, child_options
 from stockade.launch.reaper import kill_tree
 from stockade.plan import EnforcementPlan
+from stockade.plan.landlock import PathGrant
 
 
 class Prepared:
     """Kernel objects for one sandbox run; :meth:`close` releases them."""
 
-    def __init__(self, plan: EnforcementPlan) -> None:
+    def __init__(self, plan: EnforcementPlan, terminal: str | None = None) -> None:
         self.plan = plan
+        #: The slave of the run's own pseudo-terminal (``pty``), by name.
+        self.terminal = terminal
         self.ruleset_fd = -1
         self.tmpdir: str | None = None
         self.cgroup: cgroup.PidsCgroup | None = None
@@ -45,11 +48,12 @@ class Prepared:
         self.notify_program = b""
         self.handoff_fd = -1
         try:
-            if plan.policy.private_tmp:
+            # Under a private root the private tmp is a tmpfs at /tmp instead.
+            if plan.policy.private_tmp and plan.policy.root is None:
                 import tempfile  # imported here: it costs the command line's start-up
 
                 self.tmpdir = tempfile.mkdtemp(prefix="stockade-tmp-")
-            self.ruleset_fd = build_ruleset(plan, self.tmpdir)
+            self.ruleset_fd = build_ruleset(plan, self.tmpdir, terminal)
             self.filter = PreparedFilter(plan.filter_program)
             if plan.pids_cgroup_max is not None:
                 root = cgroup.pids_root()
@@ -84,58 +88,96 @@ class Prepared:
             self.tmpdir = None
 
 
-def build_ruleset(plan: EnforcementPlan, tmpdir: str | None) -> int:
+def build_ruleset(plan: EnforcementPlan, tmpdir: str | None, terminal: str | None = None) -> int:
     """Create the Landlock ruleset fd with every grant of *plan* added.
 
     Grants whose path does not exist are skipped: they allow nothing, and
     profiles name system directories that not every system has.  A grant on
     a directory that is not a tree (``allow/read+/etc``) is refused: Landlock
-    cannot allow a directory without what is beneath it.
+    cannot allow a directory without what is beneath it.  *terminal* is the
+    slave of the run's own pseudo-terminal (``pty``): a grant on the
+    ``/dev/pts`` tree is narrowed to it.
     """
     lp = plan.landlock
     fd = landlock.create_ruleset(lp.handled_fs, lp.handled_net, lp.scoped, lp.abi)
     try:
         grants = list(lp.grants)
+        if terminal is not None:
+            grants = [_own_terminal_only(g, terminal) for g in grants]
         if tmpdir is not None and lp.handled_fs:
-            from stockade.plan.landlock import CATEGORY_RIGHTS, PathGrant
+            from stockade.plan.landlock import CATEGORY_RIGHTS
 
             rights = landlock.AccessFs(0)
             for right in CATEGORY_RIGHTS.values():
                 rights |= right
             grants.append(PathGrant(tmpdir, rights & lp.handled_fs, True, "private tmp"))
-        for grant in grants:
+        root_fd = -1
+        if any(g.in_root for g in grants):
+            # root = DIR: the sandbox's paths are DIR's.
+            root = plan.policy.root or "/"
             try:
-                pfd = landlock.open_path(grant.path)
-            except FileNotFoundError:
-                continue
+                root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             except OSError as err:
                 raise PolicyError(
-                    f"cannot open {grant.path}: {errno.errorcode.get(err.errno or 0, err)}",
+                    f"cannot open the root {root}: {errno.errorcode.get(err.errno or 0, err)}",
                     "policy",
-                    grant.origin,
+                    "root",
                 ) from err
-            try:
-                is_dir = os.path.isdir(f"/proc/self/fd/{pfd}")
-                rights = grant.rights
-                if not is_dir:
-                    rights &= landlock.FILE_RIGHTS
-                elif not grant.tree:
-                    raise PolicyError(
-                        f"{grant.path} is a directory; allow the tree with {grant.path}/*** "
-                        "(a rule for the directory alone needs the supervisor)",
-                        "policy",
-                        grant.origin,
-                    )
-                if rights:
-                    landlock.add_path_rule(fd, rights, pfd, grant.path)
-            finally:
-                os.close(pfd)
+        try:
+            _add_grants(fd, grants, root_fd)
+        finally:
+            if root_fd >= 0:
+                os.close(root_fd)
         for port, net_rights in lp.ports:
             landlock.add_port_rule(fd, net_rights, port)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _add_grants(fd: int, grants: list[PathGrant], root_fd: int) -> None:
+    for grant in grants:
+        try:
+            if grant.in_root:
+                pfd = landlock.open_path_in_root(root_fd, grant.path)
+            else:
+                pfd = landlock.open_path(grant.path)
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            raise PolicyError(
+                f"cannot open {grant.path}: {errno.errorcode.get(err.errno or 0, err)}",
+                "policy",
+                grant.origin,
+            ) from err
+        try:
+            is_dir = os.path.isdir(f"/proc/self/fd/{pfd}")
+            rights = grant.rights
+            if not is_dir:
+                rights &= landlock.FILE_RIGHTS
+            elif not grant.tree:
+                raise PolicyError(
+                    f"{grant.path} is a directory; allow the tree with {grant.path}/*** "
+                    "(a rule for the directory alone needs the supervisor)",
+                    "policy",
+                    grant.origin,
+                )
+            if rights:
+                landlock.add_path_rule(fd, rights, pfd, grant.path)
+        finally:
+            os.close(pfd)
+
+
+def _own_terminal_only(grant: PathGrant, terminal: str) -> PathGrant:
+    """A run on its own terminal needs no other: the ``/dev/pts`` tree
+    would let it open its user's terminal by name and read the keys typed
+    there.  Landlock only adds rights, so the tree becomes the one file."""
+    if grant.tree and grant.path.rstrip("/") == "/dev/pts":
+        from dataclasses import replace
+
+        return replace(grant, path=terminal, tree=False)
+    return grant
 
 
 class SandboxProcess(subprocess.Popen[Any]):
@@ -158,7 +200,7 @@ class SandboxProcess(subprocess.Popen[Any]):
         self.timed_out = False
         self.pidfd = -1
         plan = prepared.plan
-        options = child_options(plan)
+        options = child_options(plan, prepared.terminal)
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         try:
             setup = ChildSetup(

@@ -21,7 +21,8 @@ from stockade.plan.landlock import (
     compile_net,
     tmpfs_rights,
 )
-from stockade.policy.model import NET_CATEGORIES, Category, Policy
+from stockade.plan.rootfs import check_root, dev_grants, root_binds
+from stockade.policy.model import NET_CATEGORIES, Bind, Category, Policy
 
 if TYPE_CHECKING:  # imported when a policy needs the supervisor
     from stockade.plan.notify import NotifyPlan
@@ -92,6 +93,9 @@ class EnforcementPlan:
     #: The notify filter (SECCOMP_RET_USER_NOTIF for ``notify.syscalls``),
     #: installed last; empty when ``notify`` is None.
     notify_program: bytes = b""
+    #: Under ``root = "tmpfs"``: what the access rules bind into it (see
+    #: :mod:`stockade.plan.rootfs`).
+    root_binds: tuple[Bind, ...] = ()
 
 
 def compile_plan(
@@ -136,7 +140,17 @@ def compile_plan(
     net = compile_net(policy_for_net)
     can_mask = facts.privileged or facts.user_namespaces
     landlock = compile_landlock(policy_for_net, net, facts.landlock_abi, can_mask, is_dir, exists)
-    if landlock.masks or policy.binds or policy.tmpfs:
+    binds = root_binds(policy, landlock.grants)
+    check_root(policy, binds)
+    if policy.root is not None:
+        landlock = replace(landlock, grants=landlock.grants + dev_grants(landlock.handled_fs))
+    if landlock.masks or policy.binds or policy.tmpfs or policy.root is not None:
+        if not facts.privileged and not facts.user_namespaces:
+            raise UnsupportedError(
+                "mount namespaces",
+                "user namespaces (kernel.unprivileged_userns_clone=1, no AppArmor restriction)",
+                "see 'stockade check'",
+            )
         namespaces |= {"mount"} if facts.privileged else {"mount", "user"}
     deny_tcp = facts.landlock_abi < 4 and not (net.connect_all and net.bind_all)
     spec = FilterSpec(
@@ -197,7 +211,10 @@ def compile_plan(
         pids_cgroup_max=pids_max,
         namespaces=namespaces,
         loopback="net" in namespaces,
-        tmpfs_rights=int(tmpfs_rights(landlock.handled_fs)) if policy.tmpfs else 0,
+        tmpfs_rights=int(tmpfs_rights(landlock.handled_fs))
+        if policy.tmpfs or policy.root is not None
+        else 0,
+        root_binds=binds,
         notify=notify,
         notify_program=build_notify_program(notify) if notify is not None else b"",
     )
@@ -211,8 +228,8 @@ def _needs_notify(policy: Policy) -> bool:
 
 
 #: Namespaces the child can enter by itself, in one unshare(2).  pid needs
-#: an init; cgroup and time come with it.  A mount namespace carries masks
-#: (and, later, a private root).
+#: an init; cgroup and time come with it.  A mount namespace carries masks,
+#: binds and a private root.
 SUPPORTED_NAMESPACES = frozenset({"user", "mount", "net", "uts", "ipc"})
 
 
@@ -253,15 +270,9 @@ def _namespaces(policy: Policy, facts: KernelFacts) -> frozenset[str]:
 def _refuse_unimplemented(policy: Policy) -> None:
     """Options whose layer has not landed yet are errors, never ignored."""
     pending = {
-        "root": policy.root is not None,
         "ipc": policy.ipc is not None,
-        "pty": policy.pty,
     }
     for key, used in pending.items():
         if used:
-            layer = (
-                "the control socket" if key == "ipc"
-                else "pseudo-terminal support" if key == "pty"
-                else "the namespace layer"
-            )  # fmt: skip
+            layer = "the control socket" if key == "ipc" else "the namespace layer"
             raise PolicyError(f"needs {layer}, which this release does not have yet", "policy", key)

@@ -18,7 +18,7 @@ every system call of the category with the rules' exact meaning.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from stockade.errors import UnsupportedError
 from stockade.kernel.landlock import AccessFs, AccessNet, Scope, fs_rights_for_abi, scopes_for_abi
@@ -56,6 +56,9 @@ class PathGrant:
     tree: bool
     #: Where the grant came from, for error messages.
     origin: str
+    #: The path names a place inside a private root directory (``root =
+    #: DIR``): it is opened beneath DIR, not on the host.
+    in_root: bool = False
 
 
 @dataclass(frozen=True)
@@ -420,6 +423,9 @@ def compile_landlock(
 ) -> LandlockPlan:
     """The Landlock ruleset for *policy* on a kernel with ABI *abi*."""
     handled_fs, grants, masks, routed = compile_fs(policy, abi, can_mask, is_dir, exists)
+    if policy.root not in (None, "tmpfs"):
+        # Under root = DIR the sandbox's /usr is DIR/usr.
+        grants = tuple(replace(g, in_root=True) for g in grants)
     grants += mount_grants(policy, handled_fs)
     handled_net = AccessNet(0)
     port_rules: list[tuple[int, AccessNet]] = []

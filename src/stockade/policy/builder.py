@@ -114,6 +114,11 @@ SCALAR_OPTIONS: tuple[str, ...] = (
     "root",
     "bind",
     "tmpfs",
+    "mkdir",
+    "mkfile",
+    "mkfifo",
+    "symlink",
+    "link",
     "hostname",
     "memory",
     "max_procs",
@@ -177,6 +182,8 @@ class _State:
     unshare: set[str] = field(default_factory=set)
     binds: list[Bind] = field(default_factory=list)
     tmpfs: list[str] = field(default_factory=list)
+    #: mkdir, mkfile, mkfifo, symlink, link: entries of a tmpfs root, in order.
+    entries: dict[str, list[object]] = field(default_factory=dict)
     cpus: set[int] = field(default_factory=set)
 
     def to_policy(self) -> Policy:
@@ -187,6 +194,7 @@ class _State:
             unshare=frozenset(self.unshare),
             binds=tuple(self.binds),
             tmpfs=tuple(self.tmpfs),
+            **{key: tuple(items) for key, items in self.entries.items()},  # type: ignore[arg-type]  # entry keys are Policy fields
             cpus=tuple(sorted(self.cpus)),
             **self.scalars,  # type: ignore[arg-type]  # keys are Policy fields, checked by set()
         )
@@ -282,6 +290,16 @@ class PolicyBuilder:
         # POSIX lets normpath keep exactly two leading slashes; Linux gives
         # them no meaning.
         return "/" + path.lstrip("/")
+
+    def _destination(self, key: str, value: object) -> str:
+        """A path inside the sandbox where something is mounted or made:
+        absolute, without ``..`` (never taken relative to a directory of
+        the host, never climbing out of where it is made)."""
+        if isinstance(value, str) and not value.startswith("/"):
+            raise self._error(key, f"relative destination {value!r}: expected an absolute path")
+        if isinstance(value, str) and ".." in value.split("/"):
+            raise self._error(key, f"destination {value!r} contains '..': expected a plain path")
+        return self._path(key, value)
 
     def _tree(self, key: str, value: object) -> str:
         """The ``P/***`` pattern for a literal path argument."""
@@ -537,7 +555,7 @@ class PolicyBuilder:
             src, dst = parts[0], parts[-1]
         else:
             raise self._error(key, f"expected SRC:DST[:ro] (got {value!r})")
-        bind = Bind(self._path(key, src), self._path(key, dst), bool(readonly))
+        bind = Bind(self._path(key, src), self._destination(key, dst), bool(readonly))
         if ":" in bind.src or ":" in bind.dst:
             # SRC:DST[:ro] could not carry it, so the policy could not be printed.
             raise self._error(key, f"bind {value!s}: paths cannot contain ':'")
@@ -548,10 +566,38 @@ class PolicyBuilder:
         self._effects.append(effect)
 
     def _set_tmpfs(self, key: str, value: object) -> None:
-        path = self._path(key, value)
+        path = self._destination(key, value)
 
         def effect(state: _State) -> None:
             state.tmpfs.append(path)
+
+        self._effects.append(effect)
+
+    def _set_entry(self, key: str, value: object) -> None:
+        """mkdir, mkfile, mkfifo: a path; symlink, link: a (target, path) pair."""
+        item: object
+        if key in ("symlink", "link"):
+            if (
+                not isinstance(value, (list, tuple))
+                or len(value) != 2
+                or not all(isinstance(v, str) for v in value)
+            ):
+                raise self._error(
+                    key, f'expected a [TARGET, PATH] pair like ["/usr/bin", "/bin"] (got {value!r})'
+                )
+            target, where = value
+            if key == "link":
+                target = self._destination(key, target)
+            elif not target or "\0" in target:
+                raise self._error(key, f"expected a non-empty link target (got {target!r})")
+            item = (target, self._destination(key, where))
+        else:
+            item = self._destination(key, value)
+        if item == "/" or (isinstance(item, tuple) and item[1] == "/"):
+            raise self._error(key, "the root itself cannot be made; name a path beneath it")
+
+        def effect(state: _State) -> None:
+            state.entries.setdefault(key, []).append(item)
 
         self._effects.append(effect)
 
@@ -629,6 +675,7 @@ class PolicyBuilder:
         "root": _set_root,
         "bind": _set_bind,
         "tmpfs": _set_tmpfs,
+        **dict.fromkeys(("mkdir", "mkfile", "mkfifo", "symlink", "link"), _set_entry),
         "hostname": _set_hostname,
         "cwd": _set_cwd,
         "log": _set_log,
@@ -677,8 +724,11 @@ class PolicyBuilder:
             else:
                 for item in self._list(key, value, (str,)):
                     self.set(key, item)
-        elif key in ("bind", "tmpfs"):
+        elif key in ("bind", "tmpfs", "mkdir", "mkfile", "mkfifo"):
             for item in self._list(key, value, (str, Bind) if key == "bind" else (str,)):
+                self.set(key, item)
+        elif key in ("symlink", "link"):
+            for item in self._list(key, value, (list, tuple)):
                 self.set(key, item)
         else:
             self.set(key, value)
@@ -703,7 +753,11 @@ class PolicyBuilder:
             isinstance(v, allowed) and not isinstance(v, bool) for v in value
         ):
             kinds = " or ".join(
-                {str: "strings", int: "integers", Bind: "binds"}.get(t, t.__name__) for t in allowed
+                {str: "strings", int: "integers", Bind: "binds", list: "[TARGET, PATH] pairs"}.get(
+                    t, t.__name__
+                )
+                for t in allowed
+                if t is not tuple
             )
             raise self._error(key, f"expected a list of {kinds} (got {value!r})")
         return list(value)

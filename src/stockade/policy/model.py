@@ -169,6 +169,14 @@ class Policy:
     root: str | None = None
     binds: tuple[Bind, ...] = ()
     tmpfs: tuple[str, ...] = ()
+    #: Entries made inside a ``root = "tmpfs"`` before the command starts:
+    #: directories, empty files and FIFOs (absolute paths), and symbolic
+    #: and hard links as ``(target, path)`` pairs, like ``ln [-s] TARGET PATH``.
+    mkdir: tuple[str, ...] = ()
+    mkfile: tuple[str, ...] = ()
+    mkfifo: tuple[str, ...] = ()
+    symlink: tuple[tuple[str, str], ...] = ()
+    link: tuple[tuple[str, str], ...] = ()
     hostname: str | None = None
     no_net: bool = False
 
