@@ -241,17 +241,18 @@ class Sandbox:
             if self._plan is None:
                 from stockade.supervisor.launch import observed_categories
 
+                is_dir, exists, realpath = path_probes(self.policy)
                 self._plan = compile_plan(
                     self.policy,
                     kernel_facts(),
                     observe=observed_categories(self.on_event is not None, self.policy.log),
-                    is_dir=os.path.isdir,
-                    exists=os.path.exists,
+                    is_dir=is_dir,
+                    exists=exists,
                 )
-                if self._plan.notify is not None:
+                if self._plan.notify is not None and realpath is not None:
                     # Rules also match where their prefix resolves (the
                     # supervisor decides on resolved paths).
-                    self._plan.notify.resolve_rule_paths(os.path.realpath)
+                    self._plan.notify.resolve_rule_paths(realpath)
             return self._plan
 
     def environment(self, tmpdir: str | None) -> dict[str, str]:
@@ -591,3 +592,24 @@ def denials_of(proc: Any) -> list[Denial]:
         Denial(e.syscall, e.category, e.target, e.pid, e.errno, e.rule)
         for e in list(session.denials)
     ]
+
+
+def path_probes(
+    policy: Policy,
+) -> tuple[Callable[[str], bool], Callable[[str], bool], Callable[[str], str] | None]:
+    """``(is_dir, exists, realpath)`` for the paths the policy's rules name,
+    as the sandbox will see them: under ``root = DIR`` they are DIR's (and
+    rule prefixes are not resolved: DIR's absolute symlinks would point at
+    the host); otherwise the host's, which a tmpfs root binds as they are."""
+    root = policy.root
+    if root is None or root == "tmpfs":
+        return os.path.isdir, os.path.exists, os.path.realpath
+
+    def inside(path: str) -> str:
+        return os.path.join(root, path.lstrip("/"))
+
+    return (
+        lambda path: os.path.isdir(inside(path)),
+        lambda path: os.path.exists(inside(path)),
+        None,
+    )

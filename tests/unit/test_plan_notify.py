@@ -542,3 +542,14 @@ def test_a_tree_the_sandbox_creates_later_goes_to_the_supervisor() -> None:
     assert not plan.notify.decide(Category.WRITE, "/srv/other").allow
     everything = compile_plan(p, facts(), exists=lambda _p: True)
     assert everything.notify is None or Category.WRITE not in everything.notify.categories
+
+
+def test_a_private_root_grants_its_dev_and_tmp_in_the_supervisor_too() -> None:
+    p = policy(*BASIC, "allow/read+/usr/lib/*.so", root="tmpfs", private_tmp=True)
+    plan = compile_plan(p, facts())
+    assert plan.notify is not None and Category.READ in plan.notify.categories
+    assert plan.notify.decide(Category.READ, "/dev/null").allow
+    assert plan.notify.decide(Category.WRITE, "/dev/null").allow
+    assert not plan.notify.decide(Category.WRITE, "/dev/urandom").allow
+    assert plan.notify.decide(Category.WRITE, "/tmp/scratch").allow
+    assert not plan.notify.decide(Category.READ, "/dev/sda").allow

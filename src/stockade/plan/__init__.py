@@ -87,15 +87,15 @@ class EnforcementPlan:
     loopback: bool = False
     #: Landlock rights the child grants beneath each ``--tmpfs`` it mounts.
     tmpfs_rights: int = 0
-    #: Under ``root = "tmpfs"``: what the access rules bind into it (see
-    #: :mod:`stockade.plan.rootfs`).
-    root_binds: tuple[Bind, ...] = ()
     #: What the supervisor decides; ``None`` when the kernel layers hold
     #: the whole policy (no supervisor runs).
     notify: NotifyPlan | None = None
     #: The notify filter (SECCOMP_RET_USER_NOTIF for ``notify.syscalls``),
     #: installed last; empty when ``notify`` is None.
     notify_program: bytes = b""
+    #: Under ``root = "tmpfs"``: what the access rules bind into it (see
+    #: :mod:`stockade.plan.rootfs`).
+    root_binds: tuple[Bind, ...] = ()
 
 
 def compile_plan(

@@ -745,17 +745,25 @@ def restricted(policy: Policy, category: Category) -> bool:
 
 def implicit_rules(policy: Policy) -> tuple[Rule, ...]:
     """The access binds and tmpfs mounts grant at their destination (SPEC
-    section 2), as allow rules: Landlock grants it on the mount, so the
-    supervisor must too."""
+    section 2), and a private root's ``/dev`` nodes and ``/tmp``, as allow
+    rules: Landlock grants them without a rule, so the supervisor must
+    too."""
     from stockade.plan.landlock import CATEGORY_RIGHTS
 
     readonly = (Category.READ, Category.EXEC)
     out: list[Rule] = []
     mounts = [(b.dst, b.readonly) for b in policy.binds] + [(t, False) for t in policy.tmpfs]
+    if policy.root is not None and policy.private_tmp:
+        mounts.append(("/tmp", False))  # noqa: S108  # the private root's own tmpfs
     for dst, ro in mounts:
         tree = patterns.escape_path(dst.rstrip("/")) + "/***" if dst != "/" else "/***"
         for category in readonly if ro else tuple(CATEGORY_RIGHTS):
             out.append(Rule(Action.ALLOW, category, patterns.validate_pattern(tree)))
+    if policy.root is not None:
+        from stockade.plan.rootfs import DEV_NODES
+
+        for name, categories in DEV_NODES:
+            out.extend(Rule(Action.ALLOW, c, f"/dev/{name}") for c in categories)
     return tuple(out)
 
 
