@@ -241,17 +241,30 @@ class Supervisor:
                 if entry is None:
                     continue
                 kind, session, sock = entry
-                if kind == "handoff":
-                    assert sock is not None
-                    self._handoff(sock, session)
-                elif mask & select.EPOLLIN:
-                    notif = self._recv(fd, session)
-                    if notif is not None:
-                        return session, notif
-                elif mask & (select.EPOLLHUP | select.EPOLLERR):
-                    ep.unregister(fd)
-                    del self._watched[fd]
-                    session._hangup()
+                try:
+                    if kind == "handoff":
+                        assert sock is not None
+                        self._handoff(sock, session)
+                    elif mask & select.EPOLLIN:
+                        notif = self._recv(fd, session)
+                        if notif is not None:
+                            return session, notif
+                    elif mask & (select.EPOLLHUP | select.EPOLLERR):
+                        self._drop(fd, session)
+                except Exception:  # the receiver must survive anything
+                    # A listener we cannot read from is given up: with no
+                    # listener its sandbox's trapped calls fail (ENOSYS),
+                    # never succeed, and the launcher ends the run.
+                    self._drop(fd, session)
+
+    def _drop(self, fd: int, session: Session) -> None:
+        if self._watched.pop(fd, None) is None:
+            return
+        try:
+            self._ep.unregister(fd)
+        except (OSError, ValueError):
+            pass  # already gone
+        session._hangup()
 
     def _take_new(self) -> None:
         try:
@@ -291,7 +304,7 @@ class Supervisor:
                 if os.readlink(f"/proc/self/fd/{listener}") != "anon_inode:seccomp notify":
                     os.close(listener)
                     listener = -1
-        except OSError:
+        except Exception:  # any failure refuses the hand-off (fail closed)
             if listener >= 0:
                 os.close(listener)
             listener = -1
