@@ -100,3 +100,21 @@ attempt("recv", lambda: srv.accept()[0].recv(1).decode())
     assert v["listen"]["errno"] == 0
     assert v["connect via link"]["errno"] == 0
     assert v["recv"]["value"] == "x"
+
+
+def test_brokered_send_to_a_closed_peer_raises_sigpipe_as_the_kernel_would() -> None:
+    _, v = run_probe(
+        """
+import signal
+got = []
+signal.signal(signal.SIGPIPE, lambda *a: got.append("SIGPIPE"))
+a, b = socket.socketpair()
+b.close()
+attempt("send", lambda: a.sendmsg([b"x"]))
+attempt("nosignal", lambda: a.sendmsg([b"x"], [], socket.MSG_NOSIGNAL))
+attempt("got", lambda: got)
+"""
+    )
+    assert v["send"]["errno"] == errno.EPIPE
+    assert v["nosignal"]["errno"] == errno.EPIPE
+    assert v["got"]["value"] == ["SIGPIPE"]

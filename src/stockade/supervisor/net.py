@@ -33,7 +33,7 @@ import socket
 import struct
 from typing import Any
 
-from stockade.kernel import notify, syscalls
+from stockade.kernel import notify, procmem, syscalls
 from stockade.policy.model import Category
 from stockade.supervisor import fs
 from stockade.supervisor.engine import Worker
@@ -119,6 +119,23 @@ def _getsockopt_type(fd: int) -> int:
     _syscall(_nr("getsockopt"), fd, SOL_SOCKET, socket.SO_TYPE, ctypes.byref(val),
              ctypes.byref(size))  # fmt: skip
     return val.value
+
+
+MSG_NOSIGNAL = 0x4000
+SIGPIPE = 13
+
+
+def _sigpipe(n: notify.SeccompNotif, err: OSError, flags: int) -> None:
+    """A send that fails with EPIPE raises SIGPIPE in the sender, unless
+    MSG_NOSIGNAL: we sent it, so the calling thread gets the signal, to be
+    delivered when its call returns EPIPE (as the kernel would)."""
+    if err.errno != errno.EPIPE or flags & MSG_NOSIGNAL:
+        return
+    pidfd = procmem.pidfd_open(n.pid, thread=True)
+    try:
+        _syscall(_nr("pidfd_send_signal"), pidfd, SIGPIPE, None, 0)
+    finally:
+        os.close(pidfd)
 
 
 @handles("connect")
@@ -222,8 +239,12 @@ def h_sendto(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Calle
                 return
             dbuf = ctypes.create_string_buffer(data, max(len(data), 1))
             abuf = ctypes.create_string_buffer(target.raw, len(target.raw))
-            sent = _syscall(_nr("sendto"), sock, dbuf, len(data), a[3] & 0xFFFFFFFF, abuf,
-                            len(target.raw))  # fmt: skip
+            try:
+                sent = _syscall(_nr("sendto"), sock, dbuf, len(data), a[3] & 0xFFFFFFFF, abuf,
+                                len(target.raw))  # fmt: skip
+            except OSError as err:
+                _sigpipe(n, err, a[3])
+                raise
         finally:
             target.close()
     finally:
@@ -316,6 +337,9 @@ def h_sendmsg(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Call
     try:
         sent = _sendmsg_one(s, w, n, caller, sock, _getsockopt_type(sock), a[1],
                             a[2] & 0xFFFFFFFF)  # fmt: skip
+    except OSError as err:
+        _sigpipe(n, err, a[2])
+        raise
     finally:
         os.close(sock)
     if sent is None:
@@ -337,9 +361,10 @@ def h_sendmmsg(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Cal
             entry = a[1] + MMSGHDR_SIZE * i
             try:
                 sent = _sendmsg_one(s, w, n, caller, sock, stype, entry, flags)
-            except OSError:
+            except OSError as err:
                 if count:
                     break
+                _sigpipe(n, err, flags)
                 raise
             if sent is None:
                 if count:
