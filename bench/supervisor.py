@@ -36,6 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -189,6 +190,42 @@ def rows(tool: str) -> dict[str, Callable[[stockade.Sandbox | None], float]]:
     }
 
 
+def floors(tool: str, sandbox: stockade.Sandbox | None, reps: int, native: float) -> None:
+    """The same C loop with the supervisor's openat handler replaced by the
+    least a supervisor can do (measured here, in the same conditions): a
+    bare CONTINUE, and reading the path + ID_VALID + CONTINUE.  What the
+    real handler adds over them is the broker's own cost."""
+    from stockade.kernel import syscalls
+    from stockade.supervisor import fs, session  # noqa: F401 - fs registers the handlers
+
+    nr = syscalls.nr("openat")
+    real = session.HANDLERS[nr]
+
+    def cont(s: Any, w: Any, n: Any, _caller: Any) -> None:
+        w.resp.cont(s.listener, n.id)
+
+    def read_cont(s: Any, w: Any, n: Any, _caller: Any) -> None:
+        w.mem.cstring(n.pid, n.data.args[1])
+        s.valid(w, n)
+        w.resp.cont(s.listener, n.id)
+
+    variants = {"continue": cont, "read path + ID_VALID + continue": read_cont, "brokered": real}
+    got: dict[str, list[float]] = {name: [] for name in variants}
+    try:
+        for rep in range(reps):
+            names = list(variants)
+            for k in range(len(names)):
+                name = names[(rep + k) % len(names)]
+                session.HANDLERS[nr] = variants[name]
+                assert sandbox is not None
+                got[name].append(float(timed(sandbox, [tool, TARGET, "20000"])[1].decode()))
+    finally:
+        session.HANDLERS[nr] = real
+    print("floors, same C loop (median us per openat, minus native):")
+    for name, values in got.items():
+        print(f"  {name:50} {(statistics.median(values) - native) / 1000:10.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reps", type=int, default=7)
@@ -230,6 +267,12 @@ def main() -> None:
             if row.startswith("open"):
                 rt = (med["supervisor"] - med["native"]) / 1000
                 print(f"{'  brokered open round trip (supervisor - native, us)':52} {rt:10.1f}")
+        floors(
+            tool,
+            sbs["supervisor"],
+            args.reps,
+            statistics.median(samples[(next(iter(rows(tool))), "native")]),
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -7,16 +7,14 @@ denied, ``mv a.key a.txt`` (or a hard link) would make the key readable
 under a name the rules allow.  The plan traps link and rename whenever a
 routed rule reaches where names can be made, and
 ``NotifyPlan.decide_move`` refuses such a move with EXDEV (``mv`` then
-copies, and the copy's open of ``a.key`` is denied).  Until the rename and
-link handlers ask it, the test is marked ``xfail(strict=True)``.
+copies, and the copy's open of ``a.key`` is denied); the rename and link
+handlers ask it before acting.
 """
 
 from __future__ import annotations
 
 import errno
 from pathlib import Path
-
-import pytest
 
 from conftest import run_probe
 
@@ -30,9 +28,6 @@ attempt("other rename", lambda: os.rename(DATA + "/plain.txt", DATA + "/moved.tx
 """
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the rename and link handlers do not ask decide_move yet (issue 5)"
-)
 def test_renaming_or_linking_a_denied_file_does_not_make_it_readable(workdir: Path) -> None:
     data = workdir / "data"
     data.mkdir()

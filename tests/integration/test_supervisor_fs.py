@@ -174,7 +174,7 @@ attempt("umask", lambda: (os.umask(0o077), open(P + "/m.txt", "w").close(),
                "unlink ok", "rmdir ok"):  # fmt: skip
         assert v[ok]["errno"] == 0, (ok, v[ok])
     for bad in ("create bin", "trunc bin", "utime bin", "mkdir bin", "rename to bin",
-                "link bin", "unlink bin"):  # fmt: skip
+                "unlink bin"):  # fmt: skip
         assert v[bad]["errno"] == errno.EACCES, (bad, v[bad])
     if is_root():
         # The main filter refuses mode changes to root sandboxes first.
@@ -183,6 +183,9 @@ attempt("umask", lambda: (os.umask(0o077), open(P + "/m.txt", "w").close(),
         assert v["chmod ok"]["errno"] == 0
         assert v["chmod bin"]["errno"] == v["fchmod bin"]["errno"] == errno.EACCES
         assert oct((p / "a.txt").stat().st_mode & 0o777) == oct(0o640)
+    # A new name must not grant what the old one did not: b.bin is not
+    # writable, a *.txt name would be (EXDEV, as Landlock answers a link).
+    assert v["link bin"]["errno"] == errno.EXDEV
     assert (p / "a.txt").read_text() == "pub"
     assert (p / "a.txt").stat().st_mtime == 1
     assert (p / "b.bin").read_text() == "binary\n"
@@ -215,3 +218,41 @@ attempt("no", lambda: subprocess.run([B + "/no-copy"]).returncode)
     assert v["ok"]["value"] == 0
     assert v["no"]["errno"] == errno.EACCES
     assert any(d.category == "exec" and d.target == str(bindir / "no-copy") for d in res.denials)
+
+
+def test_stat_on_covers_the_rest_of_the_stat_family(tree: Path) -> None:
+    """statfs, xattrs, inotify, chdir, readlink of magic links: each is
+    decided on the path it names, and works where allowed."""
+    p = tree / "pub"
+    os.setxattr(p / "a.txt", "user.k", b"v")
+    res, v = run_probe(
+        f"""
+P = {str(p)!r}
+import ctypes
+attempt("statvfs ok", lambda: os.statvfs(P).f_bsize > 0)
+attempt("statvfs secret", lambda: os.statvfs(P + "/secret.txt"))
+attempt("getxattr ok", lambda: os.getxattr(P + "/a.txt", "user.k").decode())
+attempt("listxattr ok", lambda: os.listxattr(P + "/a.txt"))
+attempt("getxattr secret", lambda: os.getxattr(P + "/secret.txt", "user.k"))
+ino = libc.inotify_init1(0)
+attempt("inotify ok", lambda: libc.inotify_add_watch(ino, P.encode(), 0x100) > 0)
+attempt("inotify secret", lambda: (libc.inotify_add_watch(ino, (P + "/secret.txt").encode(),
+                                                          0x100), ctypes.get_errno()))
+attempt("exe", lambda: os.readlink("/proc/self/exe"))
+attempt("chdir secret", lambda: os.chdir(P + "/secret.txt"))
+attempt("chdir ok", lambda: (os.chdir(P + "/sub"), os.getcwd())[1])
+""",
+        rules=["sandbox/stat:on", "allow/stat+/***", f"deny/stat+{tree}/pub/secret*",
+               f"allow/read+{tree}/pub/***"],
+    )  # fmt: skip
+    assert v["statvfs ok"]["value"] is True
+    assert v["statvfs secret"]["errno"] == errno.EACCES
+    assert v["getxattr ok"]["value"] == "v"
+    assert v["listxattr ok"]["value"] == ["user.k"]
+    assert v["getxattr secret"]["errno"] == errno.EACCES
+    assert v["inotify ok"]["value"] is True
+    assert v["inotify secret"]["value"] == repr((-1, errno.EACCES))
+    assert v["exe"]["value"] == os.path.realpath("/usr/bin/python3")
+    assert v["chdir secret"]["errno"] == errno.EACCES
+    assert v["chdir ok"]["value"] == str(p / "sub")
+    assert {d.syscall for d in res.denials} >= {"statfs", "getxattr", "inotify_add_watch", "chdir"}

@@ -37,6 +37,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 import struct
 
 from stockade.kernel import _ffi, notify, procmem, syscalls
@@ -140,11 +141,13 @@ def _open_path(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Cal
     return fd, path
 
 
-def _their_fd(n: notify.SeccompNotif, fd: int) -> tuple[int, str]:
+def _their_fd(s: SandboxSession, w: Worker, n: notify.SeccompNotif, fd: int) -> tuple[int, str]:
     """A duplicate of the caller's descriptor *fd* and its path."""
     # The notification names the calling thread, not its leader.
     pidfd = procmem.pidfd_open(n.pid, thread=True)
     try:
+        # Still pending, so the pidfd is the caller's and not a recycled pid's.
+        s.valid(w, n)
         ours = procmem.pidfd_getfd(pidfd, fd)
     finally:
         os.close(pidfd)
@@ -162,7 +165,7 @@ def _object_fd(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Cal
     if not full:
         if dirfd == AT_FDCWD:
             return _open_path(s, w, n, caller, absolute(n.pid, AT_FDCWD, b"."), True)
-        return _their_fd(n, dirfd)
+        return _their_fd(s, w, n, dirfd)
     return _open_path(s, w, n, caller, full, follow)
 
 
@@ -498,16 +501,20 @@ def _argv(w: Worker, n: notify.SeccompNotif, addr: int, limit: int = 256) -> tup
 
 @handles("chdir")
 def h_chdir(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
-    fd, path = _open_path(s, w, n, caller, _path_arg(s, w, n, AT_FDCWD, n.data.args[0]), True,
-                          directory=True)  # fmt: skip
-    os.close(fd)
-    s.check(n, Category.STAT, path)
+    fd, path = _open_path(s, w, n, caller, _path_arg(s, w, n, AT_FDCWD, n.data.args[0]), True)
+    try:
+        # Decided before the type is told: ENOTDIR would reveal a hidden path.
+        s.check(n, Category.STAT, path)
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+    finally:
+        os.close(fd)
     w.resp.cont(s.listener, n.id)
 
 
 @handles("fchdir")
 def h_fchdir(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
-    fd, path = _their_fd(n, _int(n.data.args[0]))
+    fd, path = _their_fd(s, w, n, _int(n.data.args[0]))
     os.close(fd)
     if not _anonymous(path):
         s.check(n, Category.STAT, path)
@@ -556,7 +563,7 @@ def h_chown(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller
 @handles("fchmod", "fchown", "fsetxattr", "fremovexattr")
 def h_fd_metadata(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
     nr, a = n.data.nr, n.data.args
-    fd, path = _their_fd(n, _int(a[0]))
+    fd, path = _their_fd(s, w, n, _int(a[0]))
     try:
         if not _anonymous(path):
             s.check(n, Category.WRITE, path)
@@ -602,7 +609,7 @@ def h_utimes(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Calle
     if nr == _nr("utimensat") and addr == 0:
         # utimensat(fd, NULL, ...): the descriptor itself.
         s.valid(w, n)
-        fd, path = _their_fd(n, dirfd)
+        fd, path = _their_fd(s, w, n, dirfd)
     else:
         fd, path = _object_fd(s, w, n, caller, dirfd, addr, not flags & AT_SYMLINK_NOFOLLOW,
                               bool(flags & AT_EMPTY_PATH))  # fmt: skip
@@ -663,7 +670,7 @@ def h_xattr_get(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Ca
     nr, a = n.data.nr, n.data.args
     getting = nr in (_nr("getxattr"), _nr("lgetxattr"), _nr("fgetxattr"))
     if nr in (_nr("fgetxattr"), _nr("flistxattr")):
-        fd, path = _their_fd(n, _int(a[0]))
+        fd, path = _their_fd(s, w, n, _int(a[0]))
     else:
         follow = nr in (_nr("getxattr"), _nr("listxattr"))
         fd, path = _open_path(s, w, n, caller, _path_arg(s, w, n, AT_FDCWD, a[0]), follow)
@@ -772,9 +779,11 @@ def h_rename(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Calle
         try:
             s.check(n, Category.DELETE, otarget)
             s.check(n, Category.CREATE, ntarget)
+            s.check_move(n, otarget, ntarget, _is_dir(ofd, oname))
             if flags & RENAME_EXCHANGE:
                 s.check(n, Category.DELETE, ntarget)
                 s.check(n, Category.CREATE, otarget)
+                s.check_move(n, ntarget, otarget, _is_dir(nfd, nname))
             elif _exists(nfd, nname):
                 s.check(n, Category.WRITE, ntarget)
                 s.check(n, Category.DELETE, ntarget)
@@ -790,6 +799,13 @@ def _nonempty(path: bytes) -> bytes:
     if not path:
         raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
     return path
+
+
+def _is_dir(dfd: int, name: bytes) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def _exists(dfd: int, name: bytes) -> bool:
@@ -811,18 +827,16 @@ def h_link(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller)
     new = absolute(n.pid, nd, _nonempty(w.mem.cstring(n.pid, na)))
     s.valid(w, n)
     if not opath and flags & AT_EMPTY_PATH:
-        sfd, spath = _their_fd(n, od)
+        sfd, spath = _their_fd(s, w, n, od)
     else:
         old = absolute(n.pid, od, _nonempty(opath))
         sfd, spath = _open_path(s, w, n, caller, old, bool(flags & AT_SYMLINK_FOLLOW))
     try:
         dfd, name, target = _parent(s, w, n, caller, new)
         try:
-            # A new name must not grant what the old one did not: the
-            # source must be readable and writable where it is.
-            s.check(n, Category.READ, spath)
-            s.check(n, Category.WRITE, spath)
             s.check(n, Category.CREATE, target)
+            # A new name must not grant what the old one did not.
+            s.check_move(n, spath, target, False)
             _syscall(_nr("linkat"), AT_FDCWD, f"/proc/self/fd/{sfd}".encode(), dfd, name,
                      AT_SYMLINK_FOLLOW)  # fmt: skip
         finally:
@@ -862,7 +876,7 @@ def h_inotify(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Call
     fd, path = _open_path(s, w, n, caller, full, not mask & IN_DONT_FOLLOW)
     try:
         s.check(n, Category.STAT, path)
-        ino, _ = _their_fd(n, _int(a[0]))
+        ino, _ = _their_fd(s, w, n, _int(a[0]))
         try:
             wd = _syscall(_nr("inotify_add_watch"), ino, f"/proc/self/fd/{fd}".encode(),
                           mask & ~IN_DONT_FOLLOW)  # fmt: skip
@@ -875,7 +889,7 @@ def h_inotify(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Call
 
 @handles("ioctl")
 def h_ioctl(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
-    fd, path = _their_fd(n, _int(n.data.args[0]))
+    fd, path = _their_fd(s, w, n, _int(n.data.args[0]))
     os.close(fd)
     if path.startswith("/dev/"):
         s.check(n, Category.IOCTL, path)

@@ -125,7 +125,7 @@ def _getsockopt_type(fd: int) -> int:
 def h_connect(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
     a = n.data.args
     raw = _sockaddr(w, n, a[1], a[2] & 0xFFFFFFFF)
-    sock, _path = fs._their_fd(n, fs._int(a[0]))
+    sock, _path = fs._their_fd(s, w, n, fs._int(a[0]))
     try:
         target = _decide(s, w, n, caller, raw, _getsockopt_type(sock), None)
         try:
@@ -145,7 +145,7 @@ def h_connect(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Call
 def h_bind(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
     a = n.data.args
     raw = _sockaddr(w, n, a[1], a[2] & 0xFFFFFFFF)
-    sock, _path = fs._their_fd(n, fs._int(a[0]))
+    sock, _path = fs._their_fd(s, w, n, fs._int(a[0]))
     try:
         family = struct.unpack_from("=H", raw)[0]
         if family == AF_UNIX and len(raw) > 2 and raw[2] != 0:
@@ -188,7 +188,7 @@ def _bind_path(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Cal
 @handles("listen")
 def h_listen(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
     a = n.data.args
-    sock, _path = fs._their_fd(n, fs._int(a[0]))
+    sock, _path = fs._their_fd(s, w, n, fs._int(a[0]))
     try:
         name = ctypes.create_string_buffer(SOCKADDR_MAX)
         size = ctypes.c_uint32(SOCKADDR_MAX)
@@ -213,7 +213,7 @@ def h_sendto(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Calle
         raise OSError(errno.EMSGSIZE, os.strerror(errno.EMSGSIZE))
     data = fs._read_large(w, n, a[1], length) if length else b""
     raw = _sockaddr(w, n, a[4], a[5] & 0xFFFFFFFF)
-    sock, _path = fs._their_fd(n, fs._int(a[0]))
+    sock, _path = fs._their_fd(s, w, n, fs._int(a[0]))
     try:
         target = _decide(s, w, n, caller, raw, _getsockopt_type(sock), None)
         try:
@@ -266,7 +266,7 @@ def _sendmsg_one(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: C
                     numbers.frombytes(payload[: len(payload) - len(payload) % 4])
                     mine = array.array("i")
                     for number in numbers:
-                        fd, _ = fs._their_fd(n, number)
+                        fd, _ = fs._their_fd(s, w, n, number)
                         theirs.append(fd)
                         mine.append(fd)
                     payload = mine.tobytes()
@@ -312,7 +312,7 @@ def _py_address(raw: bytes) -> Any:
 @handles("sendmsg")
 def h_sendmsg(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
     a = n.data.args
-    sock, _path = fs._their_fd(n, fs._int(a[0]))
+    sock, _path = fs._their_fd(s, w, n, fs._int(a[0]))
     try:
         sent = _sendmsg_one(s, w, n, caller, sock, _getsockopt_type(sock), a[1],
                             a[2] & 0xFFFFFFFF)  # fmt: skip
@@ -329,7 +329,7 @@ def h_sendmmsg(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Cal
     a = n.data.args
     vlen = min(a[2] & 0xFFFFFFFF, 1024)
     flags = a[3] & 0xFFFFFFFF
-    sock, _path = fs._their_fd(n, fs._int(a[0]))
+    sock, _path = fs._their_fd(s, w, n, fs._int(a[0]))
     count = 0
     try:
         stype = _getsockopt_type(sock)

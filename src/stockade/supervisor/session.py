@@ -147,6 +147,18 @@ class SandboxSession(Session):
             return
         self._decided(notif, category, target, verdict, argv)
 
+    def check_move(
+        self, notif: notify.SeccompNotif, source: str, target: str, source_is_dir: bool
+    ) -> None:
+        """Decide giving the inode at *source* the name *target* (rename,
+        link): a new name never grants what the old one did not.  Raises
+        :class:`Denied` (EXDEV, so that ``mv`` copies instead)."""
+        verdict = self.plan.decide_move(source, target, source_is_dir)
+        if verdict.allow:
+            return
+        category = verdict.rule.category if verdict.rule is not None else Category.READ
+        self._decided(notif, category, f"{source} -> {target}", verdict, None)
+
     def check_net(
         self, notif: notify.SeccompNotif, category: Category, family: int, address: str, port: int
     ) -> None:
