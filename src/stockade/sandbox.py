@@ -9,12 +9,12 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import IO, Any
 
+from stockade._record import field, record
 from stockade.errors import PolicyError
 from stockade.kernel import cgroup, landlock
-from stockade.launch.spawn import Prepared, SandboxProcess
+from stockade.launch.spawn import Prepared, RulesetCache, SandboxProcess
 from stockade.plan import EnforcementPlan, KernelFacts, compile_plan
 from stockade.policy.model import Policy
 
@@ -26,7 +26,7 @@ STDOUT = subprocess.STDOUT
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Denial:
     """One access the sandbox refused (SPEC section 6)."""
 
@@ -40,7 +40,7 @@ class Denial:
     rule: str | None = None
 
 
-@dataclass
+@record()
 class Result:
     """What a finished sandboxed run produced."""
 
@@ -231,6 +231,7 @@ class Sandbox:
             )
         self.spawner = spawner
         self._plan: EnforcementPlan | None = None
+        self._rulesets: RulesetCache | None = None
         self._lock = threading.Lock()
 
     @property
@@ -253,6 +254,7 @@ class Sandbox:
                     # Rules also match where their prefix resolves (the
                     # supervisor decides on resolved paths).
                     self._plan.notify.resolve_rule_paths(realpath)
+                self._rulesets = RulesetCache(self._plan)
             return self._plan
 
     def environment(self, tmpdir: str | None) -> dict[str, str]:
@@ -321,7 +323,7 @@ class Sandbox:
         kwargs: dict[str, Any],
         terminal: str | None,
     ) -> Any:
-        prepared = Prepared(plan, terminal)
+        prepared = Prepared(plan, terminal, self._rulesets)
         supervision = None
         try:
             env = kwargs.pop("env", None)

@@ -103,6 +103,23 @@ def run_command(args: argparse.Namespace) -> int:
     argv = list(args.argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
+    from stockade.launch import client
+
+    # The sandbox is started by a fork server forked from this small,
+    # single-threaded process.  It outlives us just long enough to end
+    # everything the command started if we are killed, even with SIGKILL.
+    # Forked now, before the policy and plan modules are imported: it is
+    # smaller, and gets ready on the other CPU while we build the policy.
+    server = client.get(fork=True)
+    if argv and not args.print_policy:
+        server.start()
+    try:
+        return _run(args, argv)
+    finally:
+        server.close()
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from stockade.errors import PolicyError
     from stockade.sandbox import Sandbox
 
@@ -127,16 +144,9 @@ def run_command(args: argparse.Namespace) -> int:
                 pass
         except OSError as err:
             return fail(f"--log {policy.log}: {err.strerror}")
-    from stockade.launch import client
-
-    # The sandbox is started by a fork server forked from this small,
-    # single-threaded process.  It outlives us just long enough to end
-    # everything the command started if we are killed, even with SIGKILL.
-    server = client.get(fork=True)
     try:
         return _supervise(sandbox, argv, policy)
     finally:
-        server.close()
         if sandbox.event_log is not None:
             sandbox.event_log.close()
 

@@ -20,7 +20,8 @@ Some facts about seccomp's classic BPF:
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+
+from stockade._record import record
 
 # BPF instruction classes and fields (include/uapi/linux/bpf_common.h).
 BPF_LD = 0x00
@@ -51,7 +52,7 @@ def arg_hi(index: int) -> int:
     return 20 + 8 * index
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Label:
     """A jump target, placed with :meth:`Program.label`."""
 

@@ -11,21 +11,23 @@ socket.
 
 from __future__ import annotations
 
+# _socket, not socket: see stockade.launch.forkserver.
+import _socket
 import errno
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stockade.errors import LaunchError
-from stockade.launch.forkserver import Request, recv_message, send_message
-from stockade.launch.options import child_options
-from stockade.launch.spawn import Prepared
+from stockade.launch.wire import Request, recv_message, send_message
+
+if TYPE_CHECKING:  # the command line imports this before it forks its server
+    from stockade.launch.spawn import Prepared
 
 #: How long the server may take to start before we give up.
 START_TIMEOUT = 30.0
@@ -43,21 +45,37 @@ class ForkServer:
     def __init__(self, fork: bool = False) -> None:
         self._fork = fork
         self._lock = threading.Lock()
-        self._ctl: socket.socket | None = None
+        self._ctl: _socket.socket | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._pid = -1
         self._failure: BaseException | None = None
+        #: Our end of a server started but not yet greeted.
+        self._pending: _socket.socket | None = None
+
+    def start(self) -> None:
+        """Start the server now instead of at the first spawn, without
+        waiting for it to be ready.  The command line forks it this way
+        before its own heavy imports, so that the server is small and gets
+        ready on the other CPU while the command line builds the policy."""
+        with self._lock:
+            if self._ctl is None and self._pending is None:
+                self._begin()
 
     def _start(self) -> None:
+        if self._pending is None:
+            self._begin()
+        host, self._pending = self._pending, None
+        assert host is not None
+        self._greet(host)
+
+    def _begin(self) -> None:
         if self._fork:
             self._start_forked()
         else:
             self._start_fresh()
 
     def _start_forked(self) -> None:
-        from stockade.launch.forkserver import run_server
-
-        host, server = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        host, server = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the server
@@ -69,15 +87,19 @@ class ForkServer:
                     os.dup2(null, fd)
                 os.closerange(3, server.fileno())
                 os.closerange(server.fileno() + 1, 1 << 20)
-                code = run_server(server.fileno(), parent)
+                # Imported here: the host needs none of the server's modules.
+                from stockade.launch.forkserver import run_server
+
+                # One run per command line: no spare kept ready.
+                code = run_server(server.fileno(), parent, spares=False)
             finally:
                 os._exit(code)
         server.close()
         self._pid = pid
-        self._greet(host)
+        self._pending = host
 
     def _start_fresh(self) -> None:
-        host, server = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        host, server = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         package_parent = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
         boot = (
             "import sys; sys.path.insert(0, sys.argv[1]); "
@@ -118,9 +140,9 @@ class ForkServer:
             raise LaunchError("starting the fork server", errno.EIO, str(self._failure))
         assert self._proc is not None
         self._pid = self._proc.pid
-        self._greet(host)
+        self._pending = host
 
-    def _greet(self, host: socket.socket) -> None:
+    def _greet(self, host: _socket.socket) -> None:
         host.settimeout(START_TIMEOUT)
         try:
             got = recv_message(host)
@@ -145,9 +167,10 @@ class ForkServer:
     def close(self) -> None:
         """Stop the server (it ends every run first) and wait for it."""
         with self._lock:
-            if self._ctl is not None:
-                self._ctl.close()
-                self._ctl = None
+            for sock in (self._ctl, self._pending):
+                if sock is not None:
+                    sock.close()
+            self._ctl = self._pending = None
             if self._proc is not None:
                 self._proc.wait()
             elif self._pid > 0:
@@ -157,15 +180,18 @@ class ForkServer:
                     pass
             self._pid = -1
 
-    def spawn(self, request: Request, fds: list[int]) -> socket.socket:
+    def spawn(self, request: Request, fds: list[int]) -> _socket.socket:
         """Send one request; returns the run's socket (our end)."""
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        mine, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         try:
             with self._lock:
                 if self._ctl is None or not self._alive():
+                    if self._ctl is not None:
+                        self._ctl.close()
+                        self._ctl = None
                     self._start()
                 assert self._ctl is not None
-                send_message(self._ctl, request, [theirs.fileno(), *fds])
+                send_message(self._ctl, request.wire(), [theirs.fileno(), *fds])
         except BaseException:
             mine.close()
             raise
@@ -206,7 +232,7 @@ class ServerProcess(subprocess.Popen[Any]):
     ) -> None:
         self.prepared = prepared
         self.timed_out = False
-        self._conn: socket.socket | None = None
+        self._conn: _socket.socket | None = None
         self._env = dict(env) if env is not None else dict(os.environ)
         super().__init__(list(args), **popen_kwargs)
 
@@ -234,6 +260,8 @@ class ServerProcess(subprocess.Popen[Any]):
             if self.prepared.handoff_fd >= 0:
                 names.append("notify")
                 fds.append(self.prepared.handoff_fd)
+            from stockade.launch.options import child_options
+
             request = Request(
                 args=[os.fsdecode(a) for a in args],
                 env=self._env,
@@ -314,7 +342,10 @@ class ServerProcess(subprocess.Popen[Any]):
 
     def kill_tree(self) -> None:
         """SIGKILL the command and everything it started."""
-        self._tell(("kill_tree",))
+        # Once the exit message is here, the server has killed the tree
+        # already (before it reaped the command): nothing to ask.
+        if self._internal_poll() is None:
+            self._tell(("kill_tree",))
 
     def signal_group(self, sig: int) -> None:
         """Signal the command's process group (terminal signals, forwarded)."""

@@ -28,23 +28,38 @@ How it keeps the guarantees:
   its end (or dies) before the exit gets its run killed.
 
 The server is single-threaded (it forks) and runs one selector loop.
-Requests are pickles from the host, which runs as the same user and
-started it: the server trusts its host, and nothing else can reach the
-socket pair.
+Messages are marshalled (pickled when marshal cannot carry them) by the
+host, which runs as the same user and started it: the server trusts its
+host, and nothing else can reach the socket pair.
+
+Spares: forking is the slowest part of a start (the server is a whole
+interpreter), so the server forks one policy-free *spare* ahead of time.
+The spare closes what it inherited, resets its signals and waits on its
+own socket pair for one request.  A request goes to the waiting spare,
+and the server forks the next spare while this one sets up; once a run
+has ended, it tells the waiting spare to build the setup of the last
+request ahead, for a request that repeats it.  The spare
+does what Popen's child does (stdio, working directory, signal
+dispositions), then :meth:`ChildSetup.run`, closes every other
+descriptor and execs, searching ``PATH`` as Popen does.  Whatever
+returns from ``run()`` execs; a failure comes back over the error pipe as
+a record, as from the child's own steps.  The spare holds no policy until
+its request arrives, is the server's child (so the parent check, the
+parent-death signal and the reaping are the same as for a Popen child),
+and is never counted as an orphan to kill while it waits.
 """
 
 from __future__ import annotations
 
+import _socket
 import array
+import ctypes
+import errno
+import gc
 import os
-import pickle
 import selectors
 import signal
-import socket
-import subprocess
 import sys
-from dataclasses import dataclass, field
-from typing import Any
 
 from stockade.errors import LaunchError
 from stockade.kernel import _ffi, caps
@@ -58,70 +73,56 @@ from stockade.launch.child import (
 )
 from stockade.launch.options import bounding_to_drop
 from stockade.launch.reaper import children, kill_tree
+from stockade.launch.wire import Request, loads, recv_message, recv_raw, send_message
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+PR_GET_NAME = 16
 PR_SET_CHILD_SUBREAPER = 36
-MAX_FDS = 8
-MAX_MESSAGE = 1 << 20
-
-
-@dataclass
-class Request:
-    """One sandbox to start; the descriptors travel beside it (SCM_RIGHTS).
-
-    ``fds`` names the received descriptors, in order: ``conn`` always, then
-    ``stdin``/``stdout``/``stderr``/``ruleset``/``cgroup``/``notify`` when
-    present.  ``notify`` is the child's end of the supervisor's hand-off
-    socket; with it, ``notify_program`` is installed last with a listener.
-    """
-
-    args: list[str]
-    env: dict[str, str]
-    cwd: str | None
-    fds: list[str]
-    #: :class:`ChildSetup` keyword arguments (see ``options.child_options``).
-    setup: dict[str, Any] = field(default_factory=dict)
-    filter_program: bytes = b""
-    filter_flags: int = 0
-    notify_program: bytes = b""
-
-
-def send_message(sock: socket.socket, obj: object, fds: list[int] = ()) -> None:  # type: ignore[assignment]
-    """Send one pickled message with *fds* attached."""
-    data = pickle.dumps(obj)
-    if len(data) > MAX_MESSAGE:
-        raise ValueError("fork-server message too large")
-    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-    sock.sendmsg([data], anc)
-
-
-def recv_message(sock: socket.socket) -> tuple[Any, list[int]] | None:
-    """Receive one message and its descriptors; None at end of stream."""
-    fds = array.array("i")
-    data, anc, _flags, _addr = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
-    for level, kind, payload in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
-    received = list(fds)
-    if not data:
-        for fd in received:
-            os.close(fd)
-        return None
-    return pickle.loads(data), received  # noqa: S301 - our own host, over a private socketpair
+#: What an idle spare calls itself (``/proc/PID/comm``): exec renames it.
+SPARE_NAME = b"stockade-spare"
+# Error records of a spare's own steps (beside the child's STEP_* numbers).
+SPARE_STDIO = 0x100
+SPARE_CHDIR = 0x101
+SPARE_EXEC = 0x102
+SPARE_SETUP = 0x103
+#: Tells a waiting spare to prepare the last request ahead (see _spare_main).
+PREPARE = b"prepare"
+#: Exit status of a spare that failed before or at exec.
+SPARE_FAILED = 127
 
 
 class _Run:
-    def __init__(self, conn: socket.socket, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(self, conn: _socket.socket, pid: int) -> None:
         self.conn = conn
-        self.proc = proc
-        self.pid = proc.pid
+        self.pid = pid
+        self.returncode: int | None = None
+
+
+class _Spare:
+    """A forked process waiting for one request on *sock*; *err_r* reads
+    its error pipe (EOF once it has exec'd)."""
+
+    def __init__(self, pid: int, sock: _socket.socket, err_r: int) -> None:
+        self.pid = pid
+        self.sock = sock
+        self.err_r = err_r
+        self.told = False
+
+    def close(self) -> None:
+        self.sock.close()
+        os.close(self.err_r)
 
 
 class Server:
     """The server loop.  Build it in the server process only."""
 
-    def __init__(self, ctl: socket.socket) -> None:
+    def __init__(self, ctl: _socket.socket, spares: bool = True) -> None:
         self.ctl = ctl
+        #: Keep a spare ready for the next request.  Off for a host that
+        #: starts one sandbox (the command line): forking the next spare
+        #: would only cost it time.
+        self.spares = spares
         self.sel = selectors.DefaultSelector()
         self.runs: dict[int, _Run] = {}
         # Read once: the server's bounding set does not change after start,
@@ -132,6 +133,16 @@ class Server:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         self.sel.register(ctl, selectors.EVENT_READ, "ctl")
         self.sel.register(self._wake_r, selectors.EVENT_READ, "sigchld")
+        self.spare: _Spare | None = None
+        #: The last request, for the next spare to prepare ahead.
+        self._sample: bytes | None = None
+        # A spare is named from birth (the name is inherited), so that it
+        # is never seen under the server's name: see _fork_spare.
+        self._own_name = ctypes.create_string_buffer(16)
+        _ffi.prctl(PR_GET_NAME, ctypes.addressof(self._own_name))
+        self._spare_name = ctypes.create_string_buffer(SPARE_NAME)
+        if spares:
+            self._fork_spare()
 
     def serve(self) -> None:
         """Serve until the host closes the control socket or dies; then end
@@ -170,14 +181,15 @@ class Server:
     # -- requests ------------------------------------------------------------
 
     def _accept(self) -> bool:
-        got = recv_message(self.ctl)
+        got = recv_raw(self.ctl)
         if got is None:
             return False
-        req, fds = got
+        data, fds = got
+        req = Request(**loads(data))
         named = dict(zip(req.fds, fds, strict=True))
-        conn = socket.socket(fileno=named.pop("conn"))
+        conn = _socket.socket(fileno=named.pop("conn"))
         try:
-            run = _Run(conn, self._start(req, named))
+            run = _Run(conn, self._start(req, data, named))
         except LaunchError as err:
             _reply(conn, ("failed", err.step, err.errno, err.target))
             conn.close()
@@ -196,50 +208,119 @@ class Server:
                 os.close(fd)
         return True
 
-    def _start(self, req: Request, fds: dict[str, int]) -> subprocess.Popen[bytes]:
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    def _start(self, req: Request, data: bytes, fds: dict[str, int]) -> int:
+        """Hand the request to a spare; returns its pid once it has exec'd."""
+        for key in req.env:
+            if "=" in key or "\0" in key:
+                raise ValueError("illegal environment variable name")
+        spare = self._take_spare()
+        self._sample = data
         try:
-            setup = ChildSetup(
-                error_fd=err_w,
-                parent_pid=os.getpid(),
-                cap_last=bounding_to_drop(
-                    req.setup.get("drop_caps", False),
-                    req.setup.get("namespaces", frozenset()),
-                    self._bounding_empty,
-                ),
-                **req.setup,
-                cgroup_procs_fd=fds.get("cgroup"),
-                landlock_fd=fds.get("ruleset"),
-                seccomp_filter=PreparedFilter(req.filter_program, req.filter_flags)
-                if req.filter_program
-                else None,
-                **notify_setup(req.notify_program, fds.get("notify")),
-            )
+            passed = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", fds.values()))]
             try:
-                proc = subprocess.Popen(
-                    req.args,
-                    stdin=fds.get("stdin"),
-                    stdout=fds.get("stdout"),
-                    stderr=fds.get("stderr"),
-                    cwd=req.cwd,
-                    env=req.env,
-                    preexec_fn=setup.run,  # noqa: PLW1509 - the forking process is single-threaded, or the child only runs ChildSetup
-                    close_fds=True,
-                )
-            finally:
-                os.close(err_w)
-            record = read_record(err_r)
+                spare.sock.sendmsg([data], passed)
+            except OSError:
+                # It died waiting (something killed it): use a fresh one.
+                self._drop_spare(spare)
+                spare = self._take_spare()
+                spare.sock.sendmsg([data], passed)
+            if self.spares:
+                # The next spare forks while this one sets up.
+                try:
+                    self._fork_spare()
+                except OSError:
+                    pass  # the next request forks one, or reports why it cannot
+            record = read_record(spare.err_r)
         finally:
-            os.close(err_r)
+            spare.close()
         if record:
-            proc.wait()
-            step, err, index = decode_record(record)
+            os.waitpid(spare.pid, 0)
+            value = int.from_bytes(record, "little")
+            step, err = value & 0xFFFF, (value >> 16) & 0xFFFF
+            if step == SPARE_EXEC:
+                raise OSError(err, os.strerror(err), req.args[0])
+            if step == SPARE_CHDIR:
+                raise OSError(err, os.strerror(err), req.cwd)
+            if step == SPARE_STDIO:
+                raise LaunchError("wiring stdin, stdout and stderr (dup2)", err)
+            if step == SPARE_SETUP:
+                raise LaunchError("fork server: preparing the child", err)
+            name, err, index = decode_record(record)
             raise LaunchError(
-                step,
+                name,
                 err,
-                failed_target(step, index, req.setup.get("masks", ()), req.setup.get("mounts", ())),
+                failed_target(name, index, req.setup.get("masks", ()), req.setup.get("mounts", ())),
             )
-        return proc
+        return spare.pid
+
+    # -- spares --------------------------------------------------------------
+
+    def _fork_spare(self) -> None:
+        if self.spare is not None:
+            return
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        server_pid = os.getpid()
+        _ffi.prctl(PR_SET_NAME, ctypes.addressof(self._spare_name))
+        try:
+            pid = os.fork()
+        except BaseException:
+            for s in (ours, theirs):
+                s.close()
+            os.close(err_r)
+            os.close(err_w)
+            raise
+        finally:
+            if os.getpid() == server_pid:
+                _ffi.prctl(PR_SET_NAME, ctypes.addressof(self._own_name))
+        if pid == 0:
+            code = SPARE_FAILED
+            try:
+                code = _spare_main(
+                    theirs.fileno(), err_w, server_pid, self._bounding_empty, self._sample
+                )
+            except BaseException:
+                _spare_fail(err_w, SPARE_SETUP, errno.EIO)
+            finally:
+                os._exit(code)
+        theirs.close()
+        os.close(err_w)
+        self.spare = _Spare(pid, ours, err_r)
+
+    def _nudge(self) -> None:
+        """Let the waiting spare prepare the last request ahead, now that
+        a run has ended (one has just started, so another may follow)."""
+        spare = self.spare
+        if spare is not None and not spare.told and self._sample is not None:
+            spare.told = True
+            try:
+                spare.sock.sendmsg([PREPARE])
+            except OSError:
+                pass  # it died; the next request finds out
+
+    def _take_spare(self) -> _Spare:
+        """The waiting spare (forked now if there is none); it stops being
+        the spare: the caller owns it."""
+        spare = self.spare
+        if spare is not None and _exited(spare.pid):
+            self._drop_spare(spare)
+            spare = None
+        if spare is None:
+            self._fork_spare()
+            spare = self.spare
+            assert spare is not None
+        self.spare = None
+        return spare
+
+    def _drop_spare(self, spare: _Spare) -> None:
+        if self.spare is spare:
+            self.spare = None
+        spare.close()
+        _signal(spare.pid)
+        try:
+            os.waitpid(spare.pid, 0)
+        except ChildProcessError:
+            pass  # reaped by the loop already
 
     def _command(self, run: _Run) -> None:
         try:
@@ -250,14 +331,14 @@ class Server:
             # The host let go of this run: nobody can wait for it any more.
             self.sel.unregister(run.conn)
             run.conn.close()
-            if run.proc.returncode is None:
+            if run.returncode is None:
                 self.runs.pop(run.pid, None)
                 kill_tree(run.pid)
             return
         (what, *rest), fds = got
         for fd in fds:
             os.close(fd)
-        if run.proc.returncode is not None:
+        if run.returncode is not None:
             return
         if what == "signal":
             os.kill(run.pid, rest[0])
@@ -280,24 +361,169 @@ class Server:
             run = self.runs.pop(pid, None)
             if run is not None:
                 # The zombie keeps pid and group id reserved while we kill.
-                kill_tree(pid)
+                # Its children were reparented to us when it died, so there
+                # is no tree beneath it: its group, then what we adopted.
+                _killpg(pid)
                 self._kill_adopted()
             status = os.waitpid(pid, 0)[1]
+            if self.spare is not None and pid == self.spare.pid:
+                self.spare.close()
+                self.spare = None
             if run is not None:
                 code = os.waitstatus_to_exitcode(status)
-                run.proc.returncode = code
+                run.returncode = code
                 # Stays registered: the host closes it once it has read this.
                 _reply(run.conn, ("exit", code))
+                self._nudge()
 
     def _kill_adopted(self, everything: bool = False) -> None:
         """Kill what was reparented to us: it outlived its command."""
         mains = set() if everything else set(self.runs)
+        if self.spare is not None and not everything:
+            mains.add(self.spare.pid)
         for pid in children(os.getpid()):
             if pid not in mains:
                 kill_tree(pid)
 
 
-def _reply(conn: socket.socket, message: object) -> None:
+def _exited(pid: int) -> bool:
+    """Whether our child *pid* has exited (without reaping it)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def _killpg(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _signal(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _spare_main(
+    sock_fd: int, err_w: int, server_pid: int, bounding_empty: bool, sample: bytes | None
+) -> int:
+    """The life of a spare: wait for one request, set up, exec.
+
+    Runs in a process forked from the single-threaded server, so it may
+    allocate and decode; only :meth:`ChildSetup.run` is bound to the
+    child's rules.  Returns (to be ``_exit``ed) only when not exec'ing.
+    """
+    signal.set_wakeup_fd(-1)
+    # What Popen's child resets (SIGPIPE, SIGXFSZ), and the server's own.
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+    # The server's death ends a waiting spare; ChildSetup sets it again.
+    _ffi.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != server_pid:
+        return SPARE_FAILED
+    # Nothing of the server's stays open here: other runs' sockets, the
+    # control socket, the selector.
+    keep = sorted((sock_fd, err_w))
+    os.closerange(3, keep[0])
+    os.closerange(keep[0] + 1, keep[1])
+    os.closerange(keep[1] + 1, os.sysconf("SC_OPEN_MAX"))
+    gc.disable()
+    guess = None
+    sock = _socket.socket(fileno=sock_fd)
+    got = recv_raw(sock)
+    if got is not None and got[0] == PREPARE:
+        if sample is not None:
+            # Prepared ahead, when the server says nobody waits (this spare
+            # was forked while a run was starting: doing it then would slow
+            # that run), on the guess that the next request repeats the
+            # last one (a program run again and again): its descriptors
+            # will arrive under the lowest free numbers.  A request that
+            # differs gets its own preparation, after all the faster for
+            # the copy-on-write faults this one took.
+            count = len(Request(**loads(sample)).fds) - 1
+            free = (fd for fd in range(3, 3 + count + 2) if fd not in (sock_fd, err_w))
+            predicted = [next(free) for _ in range(count)]
+            guess = (predicted, _prepare(sample, predicted, err_w, server_pid, bounding_empty))
+        got = recv_raw(sock)
+    if got is None:
+        return 0
+    if guess is not None and got[0] == sample and got[1] == guess[0]:
+        req, named, setup, candidates = guess[1]
+    else:
+        del guess
+        req, named, setup, candidates = _prepare(got[0], got[1], err_w, server_pid, bounding_empty)
+    # What Popen's child does before its preexec_fn, in its order (the
+    # signal dispositions are reset already).
+    try:
+        for target, key in enumerate(("stdin", "stdout", "stderr")):
+            if key in named:
+                os.dup2(named[key], target)
+    except OSError as err:
+        _spare_fail(err_w, SPARE_STDIO, err.errno)
+    if req.cwd is not None:
+        try:
+            os.chdir(req.cwd)
+        except OSError as err:
+            _spare_fail(err_w, SPARE_CHDIR, err.errno)
+    setup.run()
+    # Only the process that returns from run() gets here.
+    os.closerange(3, err_w)
+    os.closerange(err_w + 1, os.sysconf("SC_OPEN_MAX"))
+    first = 0
+    last = errno.ENOENT
+    for path in candidates:
+        try:
+            os.execve(path, req.args, req.env)  # noqa: S606 - what Popen does, in the spare
+        except OSError as err:
+            last = err.errno or errno.EIO
+            if not first and last not in (errno.ENOENT, errno.ENOTDIR):
+                first = last
+    _spare_fail(err_w, SPARE_EXEC, first or last)
+    return SPARE_FAILED
+
+
+def _prepare(
+    data: bytes, fds: list[int], err_w: int, server_pid: int, bounding_empty: bool
+) -> tuple[Request, dict[str, int], ChildSetup, list[str]]:
+    """Decode a request and build its ChildSetup and the paths to try for
+    its command, the request's descriptors being *fds*."""
+    req = Request(**loads(data))
+    names = [n for n in req.fds if n != "conn"]
+    named = dict(zip(names, fds, strict=True))
+    setup = ChildSetup(
+        error_fd=err_w,
+        parent_pid=server_pid,
+        cap_last=bounding_to_drop(
+            req.setup.get("drop_caps", False),
+            req.setup.get("namespaces", frozenset()),
+            bounding_empty,
+        ),
+        **req.setup,
+        cgroup_procs_fd=named.get("cgroup"),
+        landlock_fd=named.get("ruleset"),
+        seccomp_filter=PreparedFilter(req.filter_program, req.filter_flags)
+        if req.filter_program
+        else None,
+        **notify_setup(req.notify_program, named.get("notify")),
+    )
+    exe = req.args[0]
+    if os.path.dirname(exe):
+        candidates = [exe]
+    else:
+        candidates = [os.path.join(d, exe) for d in os.get_exec_path(req.env)]
+    return req, named, setup, candidates
+
+
+def _spare_fail(err_w: int, step: int, err: int | None) -> None:
+    os.write(err_w, (step | ((err or errno.EIO) << 16)).to_bytes(8, "little"))
+    os._exit(SPARE_FAILED)
+
+
+def _reply(conn: _socket.socket, message: object) -> None:
     try:
         send_message(conn, message)
     except OSError:
@@ -314,11 +540,16 @@ def _host_died(_signum: int, _frame: object) -> None:
 
 def main(argv: list[str]) -> int:
     """Entry point in the server process: ``main([CTL_FD, HOST_PID])``."""
-    return run_server(int(argv[0]), int(argv[1]))
+    code = run_server(int(argv[0]), int(argv[1]))
+    # Everything is ended; skip the interpreter's teardown, so that the
+    # server is gone as soon as its runs are (and its spares' shared pages
+    # are not walked once more).
+    os._exit(code)
 
 
-def run_server(ctl_fd: int, host_pid: int) -> int:
-    """Become the fork server of *host_pid* on the socket *ctl_fd*."""
+def run_server(ctl_fd: int, host_pid: int, spares: bool = True) -> int:
+    """Become the fork server of *host_pid* on the socket *ctl_fd*
+    (*spares*: see :class:`Server`)."""
     signal.signal(signal.SIGTERM, _host_died)
     _ffi.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != host_pid:
@@ -332,10 +563,13 @@ def run_server(ctl_fd: int, host_pid: int) -> int:
     # Leave the host's session: its terminal's signals are not ours (and
     # ignoring them instead would leave them ignored in every command).
     os.setsid()
-    ctl = socket.socket(fileno=ctl_fd)
+    ctl = _socket.socket(fileno=ctl_fd)
+    # What is loaded now stays shared with every spare: the collector must
+    # not write to it (copy-on-write faults in each spare).
+    gc.freeze()
     send_message(ctl, ("ready", os.getpid()))
     try:
-        Server(ctl).serve()
+        Server(ctl, spares).serve()
     except HostDied:
         return 0
     return 0

@@ -28,11 +28,21 @@ def children(pid: int) -> list[int]:
     except OSError:
         return out
     for tid in tids:
+        # os.open, not open(): this runs after every command, and a buffered
+        # text file costs more than the read.
         try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                out.extend(int(x) for x in f.read().split())
+            fd = os.open(f"/proc/{pid}/task/{tid}/children", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             continue
+        data = b""
+        try:
+            while chunk := os.read(fd, 1 << 16):
+                data += chunk
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        out.extend(map(int, data.split()))
     return out
 
 

@@ -14,29 +14,82 @@ import errno
 import os
 import select
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from stockade.errors import LaunchError, PolicyError, UnsupportedError
 from stockade.kernel import caps, cgroup, landlock
 from stockade.kernel.seccomp import PreparedFilter
-from stockade.launch.child import (
-    ChildSetup,
-    decode_record,
-    failed_target,
-    notify_setup,
-    read_record,
-)
-from stockade.launch.options import bounding_to_drop, child_options
 from stockade.launch.reaper import kill_tree
 from stockade.plan import EnforcementPlan
 from stockade.plan.landlock import PathGrant
 
 
+class RulesetCache:
+    """One plan's Landlock ruleset, built once and handed to each run as a
+    duplicate, for plans whose ruleset is the same from run to run (no
+    private tmp, no tmpfs, no private root: those get rules of their own
+    per run, some added by the child; and a run on its own terminal gets
+    its own, see :class:`Prepared`).
+
+    Landlock rules name inodes, not paths: before each run the grants are
+    looked up again, and a path that now leads to another inode (or exists
+    when it did not, or no longer does) gets a fresh ruleset.
+    """
+
+    def __init__(self, plan: EnforcementPlan) -> None:
+        self.plan = plan
+        policy = plan.policy
+        self.usable = not policy.private_tmp and not policy.tmpfs and policy.root is None
+        self._lock = threading.Lock()
+        self._fd = -1
+        self._identity: list[tuple[int, int] | None] = []
+
+    def get(self) -> int:
+        """A new descriptor of the ruleset (the caller closes it)."""
+        with self._lock:
+            identity = _identities(self.plan)
+            if self._fd < 0 or identity != self._identity:
+                fd = build_ruleset(self.plan, None)
+                if self._fd >= 0:
+                    os.close(self._fd)
+                self._fd, self._identity = fd, identity
+            return os.dup(self._fd)
+
+    def close(self) -> None:
+        """Release the cached ruleset."""
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+    def __del__(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+
+
+def _identities(plan: EnforcementPlan) -> list[tuple[int, int] | None]:
+    out: list[tuple[int, int] | None] = []
+    for grant in plan.landlock.grants:
+        try:
+            st = os.stat(grant.path)
+        except OSError:
+            out.append(None)
+        else:
+            out.append((st.st_dev, st.st_ino))
+    return out
+
+
 class Prepared:
     """Kernel objects for one sandbox run; :meth:`close` releases them."""
 
-    def __init__(self, plan: EnforcementPlan, terminal: str | None = None) -> None:
+    def __init__(
+        self,
+        plan: EnforcementPlan,
+        terminal: str | None = None,
+        rulesets: RulesetCache | None = None,
+    ) -> None:
         self.plan = plan
         #: The slave of the run's own pseudo-terminal (``pty``), by name.
         self.terminal = terminal
@@ -53,7 +106,10 @@ class Prepared:
                 import tempfile  # imported here: it costs the command line's start-up
 
                 self.tmpdir = tempfile.mkdtemp(prefix="stockade-tmp-")
-            self.ruleset_fd = build_ruleset(plan, self.tmpdir, terminal)
+            if rulesets is not None and rulesets.usable and terminal is None:
+                self.ruleset_fd = rulesets.get()
+            else:
+                self.ruleset_fd = build_ruleset(plan, self.tmpdir, terminal)
             self.filter = PreparedFilter(plan.filter_program)
             if plan.pids_cgroup_max is not None:
                 root = cgroup.pids_root()
@@ -174,7 +230,7 @@ def _own_terminal_only(grant: PathGrant, terminal: str) -> PathGrant:
     would let it open its user's terminal by name and read the keys typed
     there.  Landlock only adds rights, so the tree becomes the one file."""
     if grant.tree and grant.path.rstrip("/") == "/dev/pts":
-        from dataclasses import replace
+        from stockade._record import replace
 
         return replace(grant, path=terminal, tree=False)
     return grant
@@ -199,6 +255,16 @@ class SandboxProcess(subprocess.Popen[Any]):
         self.prepared = prepared
         self.timed_out = False
         self.pidfd = -1
+        # Imported here: the hosts of the fork server never fork themselves.
+        from stockade.launch.child import (
+            ChildSetup,
+            decode_record,
+            failed_target,
+            notify_setup,
+            read_record,
+        )
+        from stockade.launch.options import bounding_to_drop, child_options
+
         plan = prepared.plan
         options = child_options(plan, prepared.terminal)
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)

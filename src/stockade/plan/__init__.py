@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import resource
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from stockade._record import record, replace
 from stockade.errors import PolicyError, UnsupportedError
 from stockade.plan.filter import FilterSpec, build_program
 from stockade.plan.landlock import (
@@ -52,7 +52,7 @@ RLIMIT_BY_NAME: dict[str, int] = {
 ADDR_NO_RANDOMIZE = 0x0040000
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class KernelFacts:
     """What the plan needs to know about where it will run."""
 
@@ -66,7 +66,7 @@ class KernelFacts:
     user_namespaces: bool = True
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class EnforcementPlan:
     """Every kernel-layer operation one sandbox needs, as plain data."""
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import errno
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from stockade._record import record
 from stockade.kernel import syscalls
 from stockade.kernel.bpf import BPF_JGE as JGE
 from stockade.kernel.bpf import BPF_JSET, OFF_ARCH, OFF_NR, Program, arg_lo
@@ -153,7 +153,7 @@ IPPROTO_ICMP = 1
 IPPROTO_ICMPV6 = 58
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class FilterSpec:
     """The inputs that change the program from one policy to another."""
 

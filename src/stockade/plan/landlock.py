@@ -18,8 +18,8 @@ every system call of the category with the rules' exact meaning.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 
+from stockade._record import record, replace
 from stockade.errors import UnsupportedError
 from stockade.kernel.landlock import AccessFs, AccessNet, Scope, fs_rights_for_abi, scopes_for_abi
 from stockade.policy import patterns
@@ -47,7 +47,7 @@ _ABI_OF_RIGHT = {AccessFs.REFER: 2, AccessFs.TRUNCATE: 3, AccessFs.IOCTL_DEV: 5}
 _KERNEL_OF_ABI = {1: "5.13", 2: "5.19", 3: "6.2", 4: "6.7", 5: "6.10", 6: "6.12", 7: "6.15"}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PathGrant:
     """Allow ``rights`` beneath ``path`` (a tree) or on ``path`` alone."""
 
@@ -61,7 +61,7 @@ class PathGrant:
     in_root: bool = False
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class LandlockPlan:
     """Everything needed to build one Landlock ruleset."""
 
@@ -79,7 +79,7 @@ class LandlockPlan:
     routed: frozenset[Category] = frozenset()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class NetPlan:
     """What the network rules need from the kernel layers."""
 

@@ -117,9 +117,9 @@ from __future__ import annotations
 import errno
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from stockade._record import record
 from stockade.errors import PolicyError
 from stockade.kernel import syscalls
 from stockade.kernel.bpf import BPF_JGE, BPF_JSET, OFF_ARCH, OFF_NR, Program, arg_hi, arg_lo
@@ -252,7 +252,7 @@ HOSTNAME_FAILURE_TTL = 10.0
 CACHE_LIMIT = 16384
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True)
 class Verdict:
     """One decision: whether the access is allowed, the rule that decided
     (the last matching one; ``None`` when the category's default did), and
@@ -267,7 +267,7 @@ ALLOW = Verdict(True, None, 0)
 DENY = Verdict(False, None, errno.EACCES)
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True)
 class Trap:
     """One system call the notify filter sends to the supervisor.
 
@@ -391,7 +391,7 @@ def _verdict_of(rule: Rule) -> Verdict:
     return Verdict(False, rule, errno.EACCES)
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True)
 class _NetRule:
     rule: Rule
     allow: bool

@@ -50,9 +50,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, replace
 from typing import Self, cast
 
+from stockade._record import field, fields, record, replace
 from stockade.errors import PolicyError
 from stockade.policy.model import (
     FS_CATEGORIES,
@@ -171,7 +171,7 @@ _SUN_PATH_MAX = 107
 _HOSTNAME_MAX = 64
 
 
-@dataclass
+@record()
 class _State:
     """What the effects accumulate; turned into a Policy at the end."""
 
@@ -194,9 +194,10 @@ class _State:
             unshare=frozenset(self.unshare),
             binds=tuple(self.binds),
             tmpfs=tuple(self.tmpfs),
-            **{key: tuple(items) for key, items in self.entries.items()},  # type: ignore[arg-type]  # entry keys are Policy fields
+            # Entry keys are Policy fields.
+            **{key: tuple(items) for key, items in self.entries.items()},
             cpus=tuple(sorted(self.cpus)),
-            **self.scalars,  # type: ignore[arg-type]  # keys are Policy fields, checked by set()
+            **self.scalars,  # keys are Policy fields, checked by set()
         )
 
 

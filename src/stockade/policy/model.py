@@ -13,7 +13,8 @@ environment, namespaces) is a plain field.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+
+from stockade._record import record
 
 
 class Action(enum.StrEnum):
@@ -59,7 +60,7 @@ class Lock(enum.StrEnum):
     EXEC = "exec"
 
 
-@dataclass(frozen=True, order=True)
+@record(frozen=True, order=True)
 class PortRange:
     """An inclusive range of ports, ``first <= last``."""
 
@@ -74,7 +75,7 @@ class PortRange:
         return self.first == 0 and self.last == 65535
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class NetPattern:
     """A network rule's target.
 
@@ -99,7 +100,7 @@ class NetPattern:
         return f"{self.host}!{ports}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Rule:
     """One ``allow/CATEGORY+PATTERN`` or ``deny/CATEGORY+PATTERN`` line.
 
@@ -116,7 +117,7 @@ class Rule:
         return f"{self.action}/{self.category}+{self.pattern}"
 
 
-@dataclass(frozen=True, order=True)
+@record(frozen=True, order=True)
 class Rlimit:
     """A setrlimit(2) resource by its lowercase name (``nofile``).
 
@@ -128,7 +129,7 @@ class Rlimit:
     hard: int | None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Bind:
     """``--bind SRC:DST[:ro]``."""
 
@@ -140,7 +141,7 @@ class Bind:
         return f"{self.src}:{self.dst}" + (":ro" if self.readonly else "")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Policy:
     """A complete sandbox policy.  Build one with :meth:`from_rules`,
     :meth:`from_toml`, or :class:`stockade.Sandbox` keyword arguments.

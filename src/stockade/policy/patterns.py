@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, field
 
+from stockade._record import field, record
 from stockade.errors import PolicyError
 
 __all__ = [
@@ -101,12 +101,16 @@ def validate_pattern(pattern: str) -> str:
                 f"has a {part!r} component; paths are matched after resolution, "
                 "so it could never match: spell the resolved path",
             )
-    # Translating checks the glob syntax; the result is cached for matching.
-    _regex(canonical, pattern)
+    # Translating checks the glob syntax.  Compiling (the slow part, and
+    # only needed to match) is left for later unless the pattern has a
+    # character class: only the regex engine knows every bad range.
+    source = _translate(canonical, pattern)
+    if "[" in canonical:
+        _compile(source)
     return canonical
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Matcher:
     """A compiled pattern.  ``match(path)`` tests one resolved absolute path.
 
@@ -212,9 +216,22 @@ def _is_path_prefix(prefix: str, path: str) -> bool:
     return path == prefix or path.startswith(prefix + "/")
 
 
-@functools.lru_cache(maxsize=4096)
 def _regex(canonical: str, shown: str) -> re.Pattern[str]:
-    """Translate a canonical pattern; *shown* is what error messages quote."""
+    """The compiled regex of a canonical pattern; *shown* is what error
+    messages quote."""
+    return _compile(_translate(canonical, shown))
+
+
+@functools.lru_cache(maxsize=4096)
+def _compile(source: str) -> re.Pattern[str]:
+    # DOTALL: a file name may contain a newline, and ** must cross it too.
+    return re.compile(source, re.DOTALL)
+
+
+@functools.lru_cache(maxsize=4096)
+def _translate(canonical: str, shown: str) -> str:
+    """Translate a canonical pattern to regex source; *shown* is what error
+    messages quote."""
     body = canonical
     tree = body.endswith(TREE_SUFFIX)
     if tree:
@@ -244,8 +261,7 @@ def _regex(canonical: str, shown: str) -> re.Pattern[str]:
         # "/***" alone is the root and everything under it; "X/***" is X
         # itself or anything below X, never a sibling such as "Xy".
         out.append("/.*" if not body else "(?:/.*)?")
-    # DOTALL: a file name may contain a newline, and ** must cross it too.
-    return re.compile("".join(out), re.DOTALL)
+    return "".join(out)
 
 
 def _char_class(text: str, start: int, shown: str) -> tuple[str, int]:

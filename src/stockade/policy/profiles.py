@@ -16,9 +16,9 @@ executable, creatable or deletable.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
+from stockade._record import record
 from stockade.errors import PolicyError
 
 __all__ = ["PROFILES", "Profile", "get_profile", "list_profiles"]
@@ -27,7 +27,7 @@ StepKind = Literal["read", "write", "exec", "deny", "rule"]
 OptionValue = str | int | float | bool | tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Profile:
     """A named starting point; options given after it refine it."""
 

@@ -23,9 +23,9 @@ is the control socket's decision.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
 from typing import assert_never
 
+from stockade._record import record, replace
 from stockade.errors import PolicyError
 from stockade.policy.model import DEFAULT_ON, Action, Category, Lock, Policy, Rule
 from stockade.policy.netspec import parse_net_pattern
@@ -55,7 +55,7 @@ _FORMS = (
 _OPERATORS = "+-^"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class AddRule:
     """``allow|deny/CATEGORY+PATTERN``: append a rule."""
 
@@ -65,7 +65,7 @@ class AddRule:
         return str(self.rule)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RemoveLast:
     """``allow|deny/CATEGORY-PATTERN``: remove the last equal rule, if any."""
 
@@ -77,7 +77,7 @@ class RemoveLast:
         return f"{self.action}/{self.category}-{self.pattern}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RemoveAll:
     """``allow|deny/CATEGORY^PATTERN``: remove every equal rule."""
 
@@ -89,7 +89,7 @@ class RemoveAll:
         return f"{self.action}/{self.category}^{self.pattern}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SetCategory:
     """``sandbox/CATEGORY:on|off``: whether an unmatched access is denied."""
 
@@ -100,7 +100,7 @@ class SetCategory:
         return f"sandbox/{self.category}:{'on' if self.on else 'off'}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SetLock:
     """``lock:on|off|exec``."""
 

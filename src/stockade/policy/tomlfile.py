@@ -20,9 +20,9 @@ from __future__ import annotations
 import json
 import math
 import tomllib
-from dataclasses import fields
 from typing import Any
 
+from stockade._record import fields
 from stockade.errors import PolicyError, errno_name
 from stockade.policy.builder import PolicyBuilder
 from stockade.policy.model import Policy, Rlimit

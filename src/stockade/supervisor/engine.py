@@ -7,7 +7,7 @@ the thread that received it, with no queue between them:
 
 - Exactly one thread at a time, the **receiver** (it holds
   ``_receiver``), waits in ``epoll`` on every sandbox's listener fd and
-  every pending hand-off socket.  It does only non-blocking work:
+  every pending hand-off _socket.  It does only non-blocking work:
   ``SECCOMP_IOCTL_NOTIF_RECV`` on a listener that polled readable, and
   taking a listener over from a child.  As soon as it holds one
   notification it gives up the role, to an idle thread waiting for it (a
@@ -35,11 +35,13 @@ umask they set for a brokered create is theirs alone.
 
 from __future__ import annotations
 
+# _socket, not socket: its enum conversions cost start-up time, and the
+# default profile imports this module on every run.
+import _socket
 import ctypes
 import errno
 import os
 import select
-import socket
 import struct
 import threading
 
@@ -132,8 +134,8 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._ep.register(self._wake_r, select.EPOLLIN)
         # fd -> (kind, session, socket or None); touched by the receiver only.
-        self._watched: dict[int, tuple[str, Session, socket.socket | None]] = {}
-        self._new: list[tuple[socket.socket, Session]] = []
+        self._watched: dict[int, tuple[str, Session, _socket.socket | None]] = {}
+        self._new: list[tuple[_socket.socket, Session]] = []
         #: Held by the thread that is the receiver.
         self._receiver = threading.Lock()
         self._lock = threading.Lock()
@@ -152,7 +154,7 @@ class Supervisor:
         with self._lock:
             return self._workers
 
-    def adopt(self, handoff: socket.socket, session: Session) -> None:
+    def adopt(self, handoff: _socket.socket, session: Session) -> None:
         """Take over the listener that a child will send on *handoff* (our
         end of the hand-off socket pair, SO_PASSCRED set), then supervise
         it in *session*.  Returns at once; the receiver does the rest."""
@@ -277,7 +279,7 @@ class Supervisor:
             self._watched[sock.fileno()] = ("handoff", session, sock)
             self._ep.register(sock.fileno(), select.EPOLLIN)
 
-    def _handoff(self, sock: socket.socket, session: Session) -> None:
+    def _handoff(self, sock: _socket.socket, session: Session) -> None:
         """Read the child's record, take its listener with pidfd_getfd, and
         acknowledge so that it may exec.  On any failure the socket is
         closed without acknowledgement: the child fails its hand-off step
@@ -288,11 +290,11 @@ class Supervisor:
         listener = -1
         try:
             data, anc, _flags, _addr = sock.recvmsg(
-                HANDOFF.size, socket.CMSG_SPACE(struct.calcsize("3i"))
+                HANDOFF.size, _socket.CMSG_SPACE(struct.calcsize("3i"))
             )
             pid = -1
             for level, kind, payload in anc:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                if level == _socket.SOL_SOCKET and kind == _socket.SCM_CREDENTIALS:
                     pid = struct.unpack("3i", payload[:12])[0]
             if len(data) == HANDOFF.size and pid > 0:
                 (number,) = HANDOFF.unpack(data)
@@ -382,9 +384,9 @@ def get() -> Supervisor:
         return _supervisor
 
 
-def handoff_pair() -> tuple[socket.socket, socket.socket]:
+def handoff_pair() -> tuple[_socket.socket, _socket.socket]:
     """``(ours, the child's)``: the socket pair a listener is handed over on.
     Ours receives the sender's pid with every message (SO_PASSCRED)."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+    ours.setsockopt(_socket.SOL_SOCKET, _socket.SO_PASSCRED, 1)
     return ours, theirs

@@ -8,11 +8,11 @@ path make none.
 from __future__ import annotations
 
 import errno as errno_mod
-import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
+
+from stockade._record import record
 
 #: Actions an event reports.
 ALLOW = "allow"
@@ -20,7 +20,7 @@ DENY = "deny"
 AUDIT = "audit"
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True)
 class Event:
     """One decision or one process event.
 
@@ -57,6 +57,8 @@ class Event:
 
     def to_json(self) -> str:
         """One JSON line (without the newline)."""
+        import json  # only for logs and callbacks that ask: not on every run's path
+
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
@@ -116,6 +118,8 @@ class EventLog:
 
     def write(self, record: dict[str, Any]) -> None:
         """Write one JSON line."""
+        import json  # cached after the first event
+
         line = json.dumps(record, sort_keys=True) + "\n"
         with self._lock:
             if self._file is not None:

@@ -24,12 +24,13 @@ and decided on: the kernel never reads the caller's sockaddr again.
 
 from __future__ import annotations
 
+# _socket, not socket (and ipaddress only when an address is read): the
+# default profile imports this module on every run.
+import _socket
 import array
 import ctypes
 import errno
-import ipaddress
 import os
-import socket
 import struct
 from typing import Any
 
@@ -40,12 +41,12 @@ from stockade.supervisor.engine import Worker
 from stockade.supervisor.resolve import AT_FDCWD, Caller, absolute
 from stockade.supervisor.session import SandboxSession, handles
 
-AF_UNIX = socket.AF_UNIX
-AF_INET = socket.AF_INET
-AF_INET6 = socket.AF_INET6
-SOCK_STREAM = socket.SOCK_STREAM
-SOL_SOCKET = socket.SOL_SOCKET
-SCM_RIGHTS = socket.SCM_RIGHTS
+AF_UNIX = _socket.AF_UNIX
+AF_INET = _socket.AF_INET
+AF_INET6 = _socket.AF_INET6
+SOCK_STREAM = _socket.SOCK_STREAM
+SOL_SOCKET = _socket.SOL_SOCKET
+SCM_RIGHTS = _socket.SCM_RIGHTS
 SOCKADDR_MAX = 128
 MSGHDR = struct.Struct("=QI4xQQQQi4x")  # name, namelen, iov, iovlen, control, controllen, flags
 MMSGHDR_SIZE = 64
@@ -101,22 +102,28 @@ def _decide(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller
             if len(raw) < 16:
                 raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
             port = struct.unpack_from("!H", raw, 2)[0]
-            address = str(ipaddress.IPv4Address(raw[4:8]))
+            address = _ip_text(raw[4:8])
         else:
             if len(raw) < 24:
                 raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
             port = struct.unpack_from("!H", raw, 2)[0]
-            address = str(ipaddress.IPv6Address(raw[8:24]))
+            address = _ip_text(raw[8:24])
         if category is None:
             category = Category.NET_CONNECT if sock_type == SOCK_STREAM else Category.NET_SEND
         s.check_net(n, category, family, address, port)
     return _Target(raw)
 
 
+def _ip_text(packed: bytes) -> str:
+    import ipaddress
+
+    return str(ipaddress.ip_address(packed))
+
+
 def _getsockopt_type(fd: int) -> int:
     val = ctypes.c_int()
     size = ctypes.c_uint32(4)
-    _syscall(_nr("getsockopt"), fd, SOL_SOCKET, socket.SO_TYPE, ctypes.byref(val),
+    _syscall(_nr("getsockopt"), fd, SOL_SOCKET, _socket.SO_TYPE, ctypes.byref(val),
              ctypes.byref(size))  # fmt: skip
     return val.value
 
@@ -301,7 +308,7 @@ def _sendmsg_one(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: C
                 return None
         else:
             s.valid(w, n)
-        py = socket.socket(fileno=os.dup(sock))
+        py = _socket.socket(fileno=os.dup(sock))
         try:
             address = _py_address(target.raw) if target is not None else None
             if address is None:
@@ -321,11 +328,11 @@ def _py_address(raw: bytes) -> Any:
     if family == AF_UNIX:
         return raw[2:].split(b"\0", 1)[0]
     if family == AF_INET:
-        return (str(ipaddress.IPv4Address(raw[4:8])), struct.unpack_from("!H", raw, 2)[0])
+        return (_ip_text(raw[4:8]), struct.unpack_from("!H", raw, 2)[0])
     if family == AF_INET6:
         (flow,) = struct.unpack_from("=I", raw, 4)
         (scope,) = struct.unpack_from("=I", raw, 24) if len(raw) >= 28 else (0,)
-        return (str(ipaddress.IPv6Address(raw[8:24])), struct.unpack_from("!H", raw, 2)[0],
+        return (_ip_text(raw[8:24]), struct.unpack_from("!H", raw, 2)[0],
                 flow, scope)  # fmt: skip
     raise OSError(errno.EAFNOSUPPORT, os.strerror(errno.EAFNOSUPPORT))
 
