@@ -35,6 +35,9 @@ class Denial:
     target: str
     pid: int
     errno: int
+    #: The rule that denied it (rule-language text); None when the
+    #: category's default did, "on_event" when the callback did.
+    rule: str | None = None
 
 
 @record()
@@ -157,12 +160,12 @@ class Sandbox:
         on_event: Callable[[Any], Any] | None = None,
         spawner: str = "server",
     ) -> None:
-        if on_event is not None:
+        if on_event is not None and not callable(on_event):
             raise PolicyError(
-                "needs the supervisor, which this release does not have yet",
-                "Sandbox",
-                "on_event",
+                f"expected a callable (got {type(on_event).__name__})", "Sandbox", "on_event"
             )
+        self.on_event = on_event
+        self._log: Any = None
         if policy is not None:
             given = [read, write, exec, deny, rules, net_allow, net_bind]
             if profile is not None or any(list(x) for x in given):
@@ -243,7 +246,20 @@ class Sandbox:
         UnsupportedError when the policy cannot be enforced here)."""
         with self._lock:
             if self._plan is None:
-                self._plan = compile_plan(self.policy, kernel_facts())
+                from stockade.supervisor.launch import observed_categories
+
+                is_dir, exists, realpath = path_probes(self.policy)
+                self._plan = compile_plan(
+                    self.policy,
+                    kernel_facts(),
+                    observe=observed_categories(self.on_event is not None, self.policy.log),
+                    is_dir=is_dir,
+                    exists=exists,
+                )
+                if self._plan.notify is not None and realpath is not None:
+                    # Rules also match where their prefix resolves (the
+                    # supervisor decides on resolved paths).
+                    self._plan.notify.resolve_rule_paths(realpath)
                 self._rulesets = RulesetCache(self._plan)
             return self._plan
 
@@ -314,6 +330,7 @@ class Sandbox:
         terminal: str | None,
     ) -> Any:
         prepared = Prepared(plan, terminal, self._rulesets)
+        supervision = None
         try:
             env = kwargs.pop("env", None)
             if env is None:
@@ -322,6 +339,7 @@ class Sandbox:
                 # Under a private root the child enters the policy's cwd
                 # itself, after pivot_root (it may exist only inside).
                 kwargs.setdefault("cwd", self.policy.cwd)
+            supervision = self._supervise(plan, prepared)
             if self.spawner == "fork":
                 from stockade.launch.reaper import is_subreaper
 
@@ -335,13 +353,38 @@ class Sandbox:
                         "Sandbox",
                         "spawner",
                     )
-                return SandboxProcess(list(args), prepared, env=env, **kwargs)
-            from stockade.launch.client import ServerProcess
+                proc: Any = SandboxProcess(list(args), prepared, env=env, **kwargs)
+            else:
+                from stockade.launch.client import ServerProcess
 
-            return ServerProcess(list(args), prepared, env=env, **kwargs)
+                proc = ServerProcess(list(args), prepared, env=env, **kwargs)
         except BaseException:
             prepared.close()
+            if supervision is not None:
+                # The child's end is closed: the supervisor sees EOF and
+                # lets go of the hand-off socket; leave nothing behind.
+                supervision.finished.wait(2.0)
             raise
+        proc.supervision = supervision
+        return proc
+
+    def _supervise(self, plan: EnforcementPlan, prepared: Prepared) -> Any:
+        """Start supervising the run *prepared* is for, if its plan needs
+        the supervisor; returns the session (None otherwise)."""
+        if plan.notify is None:
+            return None
+        from stockade.supervisor.launch import supervise
+
+        if self.policy.log is not None and self._log is None:
+            from stockade.supervisor.events import EventLog
+
+            self._log = EventLog(self.policy.log)
+        return supervise(plan, prepared, self.on_event, self._log)
+
+    @property
+    def event_log(self) -> Any:
+        """The ``log`` policy setting's open event log, or None."""
+        return self._log
 
     def run(
         self,
@@ -393,6 +436,11 @@ class Sandbox:
             proc.kill_tree()
             proc.wait()
             raise
+        session = getattr(proc, "supervision", None)
+        if session is not None:
+            # Every process of the run is reaped: the listener hangs up, and
+            # the supervisor lets go of it (bounded: never hang a result).
+            session.finished.wait(2.0)
         return Result(
             args=list(args),
             returncode=proc.returncode,
@@ -400,6 +448,7 @@ class Sandbox:
             stderr=err,
             timed_out=proc.timed_out,
             duration=time.monotonic() - start,
+            denials=denials_of(proc),
         )
 
     def _run_on_terminal(
@@ -540,3 +589,35 @@ def _communicate(
 
 
 __all__ = ["DEVNULL", "PIPE", "STDOUT", "Denial", "Result", "Sandbox"]
+
+
+def denials_of(proc: Any) -> list[Denial]:
+    """The denials a finished run's supervisor recorded."""
+    session = getattr(proc, "supervision", None)
+    if session is None:
+        return []
+    return [
+        Denial(e.syscall, e.category, e.target, e.pid, e.errno, e.rule)
+        for e in list(session.denials)
+    ]
+
+
+def path_probes(
+    policy: Policy,
+) -> tuple[Callable[[str], bool], Callable[[str], bool], Callable[[str], str] | None]:
+    """``(is_dir, exists, realpath)`` for the paths the policy's rules name,
+    as the sandbox will see them: under ``root = DIR`` they are DIR's (and
+    rule prefixes are not resolved: DIR's absolute symlinks would point at
+    the host); otherwise the host's, which a tmpfs root binds as they are."""
+    root = policy.root
+    if root is None or root == "tmpfs":
+        return os.path.isdir, os.path.exists, os.path.realpath
+
+    def inside(path: str) -> str:
+        return os.path.join(root, path.lstrip("/"))
+
+    return (
+        lambda path: os.path.isdir(inside(path)),
+        lambda path: os.path.exists(inside(path)),
+        None,
+    )

@@ -4,9 +4,8 @@ the policy does not grant).
 Landlock up to ABI 7 has no right for chmod: the kernel asks only for
 ownership.  A root-run sandbox owns every system file, so there the filter
 refuses the chmod family while writes are restricted.  An unprivileged
-sandbox can still change the mode of files its user owns anywhere: that
-needs the supervisor (path-checked metadata calls) and is marked
-``xfail(strict=True)`` until it lands.
+sandbox owns its user's files anywhere: there the supervisor decides the
+mode, owner, time and xattr calls as ``write`` on the path they name.
 """
 
 from __future__ import annotations
@@ -53,17 +52,16 @@ def test_root_sandbox_cannot_change_metadata_outside(workdir: Path) -> None:
 
 
 @pytest.mark.skipif(is_root(), reason="the unprivileged case")
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Landlock (ABI 7) does not mediate chmod/utimes/xattrs; needs the supervisor (issue 5)",
-)
 def test_sandbox_cannot_change_metadata_of_its_users_files_outside(workdir: Path) -> None:
     target = _target(workdir)
     v = _run(target)
     assert v["read"]["errno"] == errno.EACCES
     assert oct(target.stat().st_mode & 0o777) == oct(0o600)
     assert v["chmod"]["errno"] == errno.EACCES, v["chmod"]
+    for name in ("utime", "setxattr", "chown"):
+        assert v[name]["errno"] == errno.EACCES, (name, v[name])
+    assert target.stat().st_mtime != 0
+    assert os.listxattr(target) == []
 
 
 @pytest.mark.skipif(not is_root(), reason="the root case")

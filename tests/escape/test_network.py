@@ -185,12 +185,6 @@ def test_bind_and_listen_are_refused() -> None:
     assert refused(v, errno.EACCES, "bind", "bind_port", "bind_v6") == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="listen() on an unbound socket binds an ephemeral port without Landlock's bind "
-    "hook (ABI 7); needs a network namespace (issue 4) or the supervisor (issue 5)",
-)
 def test_listen_without_bind_is_refused() -> None:
     v = probe(
         """
@@ -232,3 +226,29 @@ def test_allowed_port_only(listener: socket.socket) -> None:
         assert nothing_arrived(other)
     finally:
         other.close()
+
+
+def test_an_address_rule_is_not_bypassed_by_fast_open(listener: socket.socket) -> None:
+    """``--net-allow 127.0.0.2`` (every port of one address) leaves TCP
+    unrestricted in Landlock and the address to the supervisor, which
+    watches connect(); TCP Fast Open would connect from sendto() and
+    sendmsg() instead.  The listener is on 127.0.0.1: nothing may reach it."""
+    port = listener.getsockname()[1]
+    v = probe(
+        f"""
+        PORT = {port}
+        def tcp():
+            return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        attempt("control", lambda: tcp().fileno() > 0)
+        attempt("connect", lambda: tcp().connect(("127.0.0.1", PORT)))
+        attempt("fastopen", lambda: tcp().sendto(b"x", {MSG_FASTOPEN}, ("127.0.0.1", PORT)))
+        attempt("fastopen_msg", lambda: tcp().sendmsg([b"x"], [], {MSG_FASTOPEN},
+                                                      ("127.0.0.1", PORT)))
+        """,
+        net_allow=["127.0.0.2"],
+        # Nothing else restricted: TCP is then unhandled by Landlock, and
+        # no UNIX-socket reason traps sendto.
+        rules=["sandbox/write:off", "sandbox/net/bind:off"],
+    )
+    assert refused(v, errno.EACCES, "connect", "fastopen", "fastopen_msg") == {}
+    assert nothing_arrived(listener)

@@ -101,10 +101,6 @@ REFUSED = [
     pytest.param(["-c", "allow/reed+/x"], id="malformed rule"),
     pytest.param(["-C", "no-such-policy.toml"], id="missing relative -C file"),
     pytest.param(["-C", "{workdir}/unknown-key.toml"], id="TOML with an unknown key"),
-    pytest.param(["-w", "/etc", "-c", "deny/write+/etc/shadow"], id="partial deny inside a tree"),
-    pytest.param(["-r", "/etc", "--deny", "/etc/*/x"], id="glob deny inside a tree"),
-    pytest.param(["-c", "allow/read+/usr/*.txt"], id="allow glob"),
-    pytest.param(["--net-allow", "127.0.0.1:80"], id="address net rule"),
     pytest.param(["--net-allow", "*:99999"], id="bad port"),
     pytest.param(["--unshare", "pid,bogus"], id="unknown namespace"),
     pytest.param(["--time-offset", "1.5"], id="fractional time offset"),
@@ -348,7 +344,10 @@ def test_log_writes_exec_and_exit_events(workdir: Path) -> None:
     exec_event, exit_event = events
     assert exec_event["pid"] == exit_event["pid"] > 0
     assert exec_event["syscall"] == "execve"
-    assert exec_event["target"] == "/bin/sh"
+    # The path the kernel executes, resolved in the sandbox's view.
+    assert exec_event["target"] == os.path.realpath("/bin/sh")
+    assert exec_event["argv"] == ["/bin/sh", "-c", "exit 2"]
+    assert exec_event["rule"] is not None and exec_event["rule"].startswith("allow/exec+")
     assert exit_event["status"] == 2
 
 

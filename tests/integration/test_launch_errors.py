@@ -9,10 +9,12 @@ temporary directories and cgroups it held before.
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import pickle
 import resource
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,21 @@ def nr_open() -> int:
 
 def open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
+
+
+def settled_fds() -> set[str]:
+    """Our descriptors once what earlier tests left to finish has finished
+    (garbage not yet collected, a supervisor session still letting go of
+    a listener): the baseline a leak is measured against."""
+    fds = open_fds()
+    for _ in range(40):
+        gc.collect()
+        time.sleep(0.05)
+        now = open_fds()
+        if now == fds:
+            break
+        fds = now
+    return fds
 
 
 def descendants(pid: int | None = None) -> set[int]:
@@ -185,7 +202,7 @@ def test_failed_launches_leak_nothing(
     for sb in failing:
         with pytest.raises(stockade.LaunchError):
             sb.run(touch_command(marker))
-    before_fds, before_procs = open_fds(), descendants()
+    before_fds, before_procs = settled_fds(), descendants()
     for i in range(20):
         sb = failing[i % len(failing)]
         with pytest.raises(stockade.LaunchError):
@@ -223,7 +240,7 @@ def test_failed_launches_leave_no_cgroup(spawner: str) -> None:
 def test_missing_command_is_file_not_found_and_leaks_nothing(workdir: Path, spawner: str) -> None:
     sb = stockade.Sandbox(read=SYSTEM, spawner=spawner)
     sb.run(["/bin/true"])
-    before_fds, before_procs = open_fds(), descendants()
+    before_fds, before_procs = settled_fds(), descendants()
     for _ in range(5):
         with pytest.raises(FileNotFoundError) as info:
             sb.run([str(workdir / "no-such-command")])

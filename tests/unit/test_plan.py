@@ -6,7 +6,7 @@ import errno
 
 import pytest
 
-from stockade import PolicyError, UnsupportedError
+from stockade import UnsupportedError
 from stockade.kernel import syscalls
 from stockade.kernel.bpf import disassemble
 from stockade.kernel.landlock import AccessFs, AccessNet, Scope
@@ -14,7 +14,7 @@ from stockade.kernel.seccomp import SECCOMP_RET_ALLOW, SECCOMP_RET_KILL_PROCESS,
 from stockade.plan import KernelFacts, compile_plan
 from stockade.plan.filter import FilterSpec, build_program
 from stockade.policy.builder import PolicyBuilder
-from stockade.policy.model import Policy
+from stockade.policy.model import Category, Policy
 
 
 def policy(*rules: str, **options: object) -> Policy:
@@ -79,39 +79,47 @@ def test_any_address_any_port_leaves_tcp_and_udp_alone() -> None:
 
 
 @pytest.mark.parametrize(
-    "rule",
+    ("rule", "category"),
     [
-        "allow/read+/usr/*.txt",  # a glob other than /***
-        "allow/net/connect+127.0.0.1!80",  # an address
-        "allow/net/connect+example.com!443",  # a hostname
-        "allow/net/send+*!53",  # datagrams by port
+        ("allow/read+/usr/*.txt", Category.READ),  # a glob other than /***
+        ("allow/net/connect+127.0.0.1!80", Category.NET_CONNECT),  # an address
+        ("allow/net/connect+example.com!443", Category.NET_CONNECT),  # a hostname
+        ("allow/net/send+*!53", Category.NET_SEND),  # datagrams by port
     ],
 )
-def test_what_no_kernel_layer_expresses_is_refused(rule: str) -> None:
-    with pytest.raises(PolicyError) as info:
-        compile_plan(policy(*BASIC, rule), facts())
-    # The error names the rule (in its canonical spelling: 127.0.0.1/32).
-    target = rule.split("+", 1)[1].split("!", maxsplit=1)[0]
-    assert target in str(info.value) and "\n" not in str(info.value)
+def test_what_no_kernel_layer_expresses_goes_to_the_supervisor(
+    rule: str, category: Category
+) -> None:
+    plan = compile_plan(policy(*BASIC, rule), facts())
+    assert plan.notify is not None and category in plan.notify.categories
+    assert plan.notify_program
+    # Only that category: the others stay in the kernel layers.
+    assert plan.notify.categories == {category}
 
 
-def test_deny_inside_an_allowed_tree_is_refused_but_outside_is_fine() -> None:
-    with pytest.raises(PolicyError, match="deny inside an allowed tree"):
-        compile_plan(policy(*BASIC, "deny/read+/usr/secret/***"), facts())
+def test_deny_inside_an_allowed_tree_goes_to_the_supervisor_but_outside_is_fine() -> None:
+    plan = compile_plan(policy(*BASIC, "deny/read+/usr/secret/***"), facts())
+    assert plan.notify is not None and plan.notify.categories == {Category.READ}
     # Without any namespace (no user namespaces, not root) nothing can mask.
     full = PolicyBuilder("t").profile("none").read("/usr").deny("/usr/secret").build()
-    with pytest.raises(PolicyError, match="deny inside an allowed tree"):
-        compile_plan(full, facts(user_namespaces=False))
+    nomask = compile_plan(full, facts(user_namespaces=False))
+    assert nomask.notify is not None and Category.READ in nomask.notify.categories
+    assert nomask.landlock.masks == ()
     # Already denied by default: nothing to enforce beyond Landlock.
-    compile_plan(policy(*BASIC, "deny/read+/etc/shadow/***"), facts())
-    # A later allow overrides the deny where they meet: still exact.
-    compile_plan(policy("deny/read+/opt/***", "allow/read+/opt/***"), facts())
+    for rules in (
+        ("deny/read+/etc/shadow/***",),
+        # A later allow overrides the deny where they meet: still exact.
+        ("deny/read+/opt/***", "allow/read+/opt/***"),
+    ):
+        exact = compile_plan(policy(*BASIC, *rules), facts())
+        assert exact.landlock.routed == frozenset()
 
 
-def test_exec_without_read_is_refused() -> None:
-    with pytest.raises(PolicyError, match="read access too"):
-        compile_plan(policy("allow/exec+/opt/tool/***"), facts())
-    compile_plan(policy("allow/read+/opt/***", "allow/exec+/opt/tool/***"), facts())
+def test_exec_without_read_goes_to_the_supervisor() -> None:
+    plan = compile_plan(policy("allow/exec+/opt/tool/***"), facts())
+    assert plan.notify is not None and Category.READ in plan.notify.categories
+    with_read = compile_plan(policy("allow/read+/opt/***", "allow/exec+/opt/tool/***"), facts())
+    assert with_read.landlock.routed == frozenset()
 
 
 def test_memory_is_rlimit_data_and_processes_follow_privilege() -> None:
@@ -245,14 +253,19 @@ def test_a_full_deny_inside_a_tree_becomes_a_mask() -> None:
     ],
 )
 def test_masks_only_where_exact(extra: tuple[str, ...]) -> None:
-    with pytest.raises(PolicyError, match="mount mask"):
-        compile_plan(policy("allow/read+/etc/***", "allow/write+/etc/***", *extra), facts())
+    plan = compile_plan(policy("allow/read+/etc/***", "allow/write+/etc/***", *extra), facts())
+    assert plan.landlock.masks == ()
+    assert plan.notify is not None and plan.landlock.routed
 
 
-def test_a_later_allow_inside_a_mask_is_refused() -> None:
+def test_a_later_allow_inside_a_mask_goes_to_the_supervisor() -> None:
     b = PolicyBuilder("t").profile("none").read("/etc").deny("/etc/ssl").read("/etc/ssl/certs")
-    with pytest.raises(PolicyError, match="mount mask"):
-        compile_plan(b.build(), facts())
+    plan = compile_plan(b.build(), facts())
+    assert plan.landlock.masks == ()
+    assert plan.notify is not None
+    assert plan.notify.decide(Category.READ, "/etc/ssl/certs/ca.pem").allow
+    assert not plan.notify.decide(Category.READ, "/etc/ssl/private/key").allow
+    assert plan.notify.decide(Category.READ, "/etc/passwd").allow
 
 
 def test_pty_is_planned_and_reaches_the_child_options() -> None:

@@ -101,8 +101,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         ctl.add_argument("words", nargs="*")
     if only in (None, "learn"):
         learn = sub.add_parser("learn", help="run permissively and write a policy")
-        learn.add_argument("-o", "--output")
-        learn.add_argument("argv", nargs=argparse.REMAINDER)
+        learn.add_argument(
+            "-o", "--output", metavar="FILE", help="write the TOML policy here (default: stdout)"
+        )
+        learn.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
     if only in (None, "profiles"):
         sub.add_parser("profiles", help="list built-in profiles")
     return parser
@@ -218,10 +220,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for prof in list_profiles():
             print(f"{prof.name:10} {prof.summary}")
         return 0
-    if args.command in ("ctl", "learn"):
-        what = "the control socket" if args.command == "ctl" else "the supervisor"
+    if args.command == "learn":
+        from stockade.cli.learn import learn_command
+
+        return learn_command(args)
+    if args.command == "ctl":
         sys.stderr.write(
-            f"stockade: {args.command}: needs {what}, which this release does not have yet\n"
+            "stockade: ctl: needs the control socket, which this release does not have yet\n"
         )
         return EXIT_OWN_FAILURE
     build_parser().print_help(sys.stderr)

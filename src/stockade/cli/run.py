@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import time
-from typing import IO, Any
+from typing import Any
 
 from stockade.cli.main import (
     EXIT_CANNOT_EXECUTE,
@@ -101,29 +101,6 @@ def _cpu_list(text: str) -> list[int]:
     return cpus
 
 
-class EventLog:
-    """``--log FILE``: events as JSON lines (SPEC section 6)."""
-
-    def __init__(self, target: str | None) -> None:
-        self._file: IO[str] | None = None
-        if target == "-":
-            self._file = sys.stderr
-        elif target is not None:
-            self._file = open(target, "a", buffering=1)  # noqa: SIM115 - lives for the run
-
-    def emit(self, **event: Any) -> None:
-        if self._file is None:
-            return
-        import json  # only with --log: every run would pay for it
-
-        record = {"time": time.time(), "action": "allow", "errno": 0, "target": "", **event}
-        self._file.write(json.dumps(record, sort_keys=True) + "\n")
-
-    def close(self) -> None:
-        if self._file is not None and self._file is not sys.stderr:
-            self._file.close()
-
-
 def run_command(args: argparse.Namespace) -> int:
     """Run ``stockade run``; returns the exit status (SPEC section 2)."""
     argv = list(args.argv)
@@ -163,14 +140,18 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     except OSError as err:
         return fail(f"{err.filename or 'setup'}: {errno.errorcode.get(err.errno or 0, '')} "
                     f"({err.strerror})")  # fmt: skip
+    if policy.log is not None and policy.log != "-":
+        try:
+            # Refused before anything starts; the sandbox opens it for real.
+            with open(policy.log, "a"):
+                pass
+        except OSError as err:
+            return fail(f"--log {policy.log}: {err.strerror}")
     try:
-        log = EventLog(policy.log)
-    except OSError as err:
-        return fail(f"--log {policy.log}: {err.strerror}")
-    try:
-        return _supervise(sandbox, argv, policy, log)
+        return _supervise(sandbox, argv, policy)
     finally:
-        log.close()
+        if sandbox.event_log is not None:
+            sandbox.event_log.close()
 
 
 class _Forwarder:
@@ -194,20 +175,18 @@ class _Forwarder:
             proc.signal_group(signum)
 
 
-def _supervise(sandbox: Any, argv: list[str], policy: Any, log: EventLog) -> int:
+def _supervise(sandbox: Any, argv: list[str], policy: Any) -> int:
     forwarder = _Forwarder()
     for sig in FORWARDED:
         signal.signal(sig, forwarder)
     try:
-        return _start_and_wait(sandbox, argv, policy, log, forwarder)
+        return _start_and_wait(sandbox, argv, policy, forwarder)
     finally:
         for sig in FORWARDED:
             signal.signal(sig, signal.SIG_DFL)
 
 
-def _start_and_wait(
-    sandbox: Any, argv: list[str], policy: Any, log: EventLog, forwarder: _Forwarder
-) -> int:
+def _start_and_wait(sandbox: Any, argv: list[str], policy: Any, forwarder: _Forwarder) -> int:
     from stockade.errors import LaunchError
 
     kwargs: dict[str, Any] = {}
@@ -225,7 +204,6 @@ def _start_and_wait(
         return EXIT_CANNOT_EXECUTE
     except (LaunchError, StockadeError) as err:
         return fail(str(err))
-    log.emit(pid=proc.pid, syscall="execve", category="exec", target=argv[0], argv=argv)
     forwarder.attach(proc)
     exited = pty.interact(proc, policy.timeout) if policy.pty else proc.exited(policy.timeout)
     if not exited:
@@ -233,8 +211,11 @@ def _start_and_wait(
     proc.kill_tree()
     code = proc.wait()
     status = EXIT_TIMEOUT if proc.timed_out else (128 - code if code < 0 else code)
-    log.emit(pid=proc.pid, syscall="exit", category="exit", target=argv[0], status=status,
-             timed_out=proc.timed_out)  # fmt: skip
+    log = sandbox.event_log
+    if log is not None:
+        log.write({"time": time.time(), "pid": proc.pid, "syscall": "exit", "category": "exit",
+                   "target": argv[0], "action": "audit", "errno": 0, "rule": None,
+                   "status": status, "timed_out": proc.timed_out})  # fmt: skip
     if proc.timed_out:
         sys.stderr.write(f"stockade: {argv[0]}: killed after the {policy.timeout:g} s timeout\n")
     return status

@@ -26,6 +26,21 @@ libc = ctypes.CDLL(None, use_errno=True)
 _syscall = libc.syscall
 _syscall.restype = ctypes.c_long
 
+#: ``ioctl(fd, request, void *arg)``: the seccomp notification ioctls take
+#: preallocated structs by address (no per-call argument conversion).
+ioctl = libc.ioctl
+ioctl.restype = ctypes.c_int
+ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+
+#: ``process_vm_readv/writev(pid, local_iov, liovcnt, remote_iov, riovcnt, flags)``.
+process_vm_readv = libc.process_vm_readv
+process_vm_readv.restype = ctypes.c_ssize_t
+process_vm_readv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p,
+                             ctypes.c_ulong, ctypes.c_ulong]  # fmt: skip
+process_vm_writev = libc.process_vm_writev
+process_vm_writev.restype = ctypes.c_ssize_t
+process_vm_writev.argtypes = process_vm_readv.argtypes
+
 _prctl = libc.prctl
 _prctl.restype = ctypes.c_int
 _prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]

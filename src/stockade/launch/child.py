@@ -48,6 +48,14 @@ The order, and why:
 8. Landlock - the ruleset fd was built by the parent; this step only
    enters it.
 9. seccomp - last, so the filter never has to allow our own setup.
+10. the notify filter (when the policy needs the supervisor) - installed
+    after the main filter, whose ERRNO and KILL verdicts take precedence
+    over its USER_NOTIF.  Its listener fd is handed to the supervisor:
+    we write its number on the hand-off socket (``write`` is never
+    trapped; the supervisor learns our pid from SCM_CREDENTIALS and takes
+    the fd with ``pidfd_getfd``), wait for the one-byte acknowledgement
+    (``read``, never trapped), and close our copy.  Only then may we exec:
+    the command never runs a trapped call without a supervisor.
 """
 
 from __future__ import annotations
@@ -58,7 +66,12 @@ from typing import Any
 
 from stockade.kernel import _ffi
 from stockade.kernel.landlock import LANDLOCK_RULE_PATH_BENEATH, PathBeneathAttr
-from stockade.kernel.seccomp import SECCOMP_SET_MODE_FILTER, PreparedFilter
+from stockade.kernel.seccomp import (
+    SECCOMP_FILTER_FLAG_NEW_LISTENER,
+    SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
+    SECCOMP_SET_MODE_FILTER,
+    PreparedFilter,
+)
 from stockade.launch.pidns import STEP_PID_INIT, STEP_PROC, PidNamespaceInit
 
 # Step numbers sent over the error pipe, and their names for messages.
@@ -92,6 +105,8 @@ STEP_ROOT_CWD = 27
 STEP_CTTY = 30
 STEP_TIME_OFFSETS = 31
 STEP_DOMAINNAME = 32
+STEP_NOTIFY = 35
+STEP_HANDOFF = 36
 
 STEP_NAMES = {
     STEP_SETSID: "setsid",
@@ -126,6 +141,8 @@ STEP_NAMES = {
     STEP_DOMAINNAME: "setdomainname",
     STEP_PID_INIT: "starting the pid namespace's init",
     STEP_PROC: "mounting the private /proc",
+    STEP_NOTIFY: "seccomp(SECCOMP_SET_MODE_FILTER) of the notify filter",
+    STEP_HANDOFF: "handing the notify listener to the supervisor",
 }
 #: Steps whose index names an entry of ``mounts``.
 _MOUNT_STEPS = (STEP_BIND, STEP_ROOT_SOURCE, STEP_ROOT_MAKE, STEP_ROOT_MOUNT)
@@ -147,6 +164,7 @@ SYS_getppid = 110
 SYS_capset = 126
 SYS_prlimit64 = 302
 SYS_write = 1
+SYS_read = 0
 SYS_close = 3
 SYS_socket = 41
 SYS_ioctl = 16
@@ -328,6 +346,8 @@ class ChildSetup:
         controlling_tty: bool = False,
         landlock_fd: int | None = None,
         seccomp_filter: PreparedFilter | None = None,
+        notify_filter: PreparedFilter | None = None,
+        notify_fd: int | None = None,
     ) -> None:
         self._error_fd = error_fd
         self._parent_pid = parent_pid
@@ -432,6 +452,10 @@ class ChildSetup:
         self._controlling_tty = controlling_tty
         self._landlock_fd = landlock_fd
         self._filter = seccomp_filter
+        self._notify = notify_filter if notify_fd is not None else None
+        self._notify_fd = notify_fd
+        self._handoff = ctypes.c_int32(-1)
+        self._ack = ctypes.create_string_buffer(1)
 
     def _fail(self, step: int, err: int, index: int = 0) -> None:
         # Fixed-size record; the buffer exists already, so nothing allocates.
@@ -499,6 +523,33 @@ class ChildSetup:
         if self._filter is not None:
             self._sys(STEP_SECCOMP, _ffi.SYS_seccomp, c_long(SECCOMP_SET_MODE_FILTER),
                       c_long(self._filter.flags), self._filter.fprog_ref)  # fmt: skip
+        if self._notify is not None:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        c_long = ctypes.c_long
+        assert self._notify is not None and self._notify_fd is not None
+        listener = self._sys(STEP_NOTIFY, _ffi.SYS_seccomp, c_long(SECCOMP_SET_MODE_FILTER),
+                             c_long(self._notify.flags), self._notify.fprog_ref)  # fmt: skip
+        self._handoff.value = listener
+        sock = c_long(self._notify_fd)
+        while True:
+            ret = self._syscall(c_long(SYS_write), sock, ctypes.byref(self._handoff), c_long(4))
+            if ret == 4:
+                break
+            if ret == -1 and self._get_errno() == 4:  # EINTR
+                continue
+            self._fail(STEP_HANDOFF, self._get_errno() if ret == -1 else 32)  # EPIPE
+        while True:
+            ret = self._syscall(c_long(SYS_read), sock, self._ack, c_long(1))
+            if ret == 1:
+                break
+            if ret == -1 and self._get_errno() == 4:
+                continue
+            # No acknowledgement: the supervisor refused or died.
+            self._fail(STEP_HANDOFF, self._get_errno() if ret == -1 else 32)
+        self._syscall(c_long(SYS_close), c_long(listener))
+        self._syscall(c_long(SYS_close), sock)
 
     def _enter_namespaces(self) -> None:
         c_long = ctypes.c_long
@@ -872,6 +923,19 @@ class ChildSetup:
 
 def _under_proc(path: bytes) -> bool:
     return path == b"/proc" or path.startswith(b"/proc/")
+
+
+def notify_setup(program: bytes, handoff_fd: int | None) -> dict[str, Any]:
+    """ChildSetup arguments for the notify filter: none without a program.
+
+    The filter waits killably once a call was received: a signal then no
+    longer interrupts (and restarts) a call the supervisor may already have
+    performed, such as a brokered mkdir; a fatal signal still kills.
+    """
+    if not program or handoff_fd is None:
+        return {}
+    flags = SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+    return {"notify_filter": PreparedFilter(program, flags), "notify_fd": handoff_fd}
 
 
 def read_record(fd: int) -> bytes:

@@ -257,6 +257,9 @@ class ServerProcess(subprocess.Popen[Any]):
             if self.prepared.cgroup is not None:
                 names.append("cgroup")
                 fds.append(self.prepared.cgroup.procs_fd)
+            if self.prepared.handoff_fd >= 0:
+                names.append("notify")
+                fds.append(self.prepared.handoff_fd)
             from stockade.launch.options import child_options
 
             request = Request(
@@ -268,8 +271,12 @@ class ServerProcess(subprocess.Popen[Any]):
                 fds=["conn", *names],
                 setup=child_options(plan, self.prepared.terminal),
                 filter_program=plan.filter_program,
+                notify_program=self.prepared.notify_program,
             )
-            conn = get().spawn(request, fds)
+            try:
+                conn = get().spawn(request, fds)
+            finally:
+                self.prepared.release_handoff()
             try:
                 reply = recv_message(conn)
             except OSError as err:

@@ -64,7 +64,13 @@ import sys
 from stockade.errors import LaunchError
 from stockade.kernel import _ffi, caps
 from stockade.kernel.seccomp import PreparedFilter
-from stockade.launch.child import ChildSetup, decode_record, failed_target, read_record
+from stockade.launch.child import (
+    ChildSetup,
+    decode_record,
+    failed_target,
+    notify_setup,
+    read_record,
+)
 from stockade.launch.options import bounding_to_drop
 from stockade.launch.reaper import children, kill_tree
 from stockade.launch.wire import Request, loads, recv_message, recv_raw, send_message
@@ -502,6 +508,7 @@ def _prepare(
         seccomp_filter=PreparedFilter(req.filter_program, req.filter_flags)
         if req.filter_program
         else None,
+        **notify_setup(req.notify_program, named.get("notify")),
     )
     exe = req.args[0]
     if os.path.dirname(exe):

@@ -102,6 +102,10 @@ class Prepared:
         self.ruleset_fd = -1
         self.tmpdir: str | None = None
         self.cgroup: cgroup.PidsCgroup | None = None
+        #: The notify filter and the child's end of the supervisor's
+        #: hand-off socket, set by whoever supervises (see supervisor/).
+        self.notify_program = b""
+        self.handoff_fd = -1
         try:
             # Under a private root the private tmp is a tmpfs at /tmp instead.
             if plan.policy.private_tmp and plan.policy.root is None:
@@ -122,8 +126,17 @@ class Prepared:
             self.close()
             raise
 
+    def release_handoff(self) -> None:
+        """Close our copy of the child's hand-off end once the child (or the
+        fork server) holds its own: the supervisor then sees EOF if the
+        child dies before handing its listener over."""
+        if self.handoff_fd >= 0:
+            os.close(self.handoff_fd)
+            self.handoff_fd = -1
+
     def close(self) -> None:
         """Release the ruleset, the cgroup and the private tmp; idempotent."""
+        self.release_handoff()
         if self.ruleset_fd >= 0:
             os.close(self.ruleset_fd)
             self.ruleset_fd = -1
@@ -249,7 +262,13 @@ class SandboxProcess(subprocess.Popen[Any]):
         self.timed_out = False
         self.pidfd = -1
         # Imported here: the hosts of the fork server never fork themselves.
-        from stockade.launch.child import ChildSetup, decode_record, failed_target, read_record
+        from stockade.launch.child import (
+            ChildSetup,
+            decode_record,
+            failed_target,
+            notify_setup,
+            read_record,
+        )
         from stockade.launch.options import bounding_to_drop, child_options
 
         plan = prepared.plan
@@ -268,7 +287,9 @@ class SandboxProcess(subprocess.Popen[Any]):
                 cgroup_procs_fd=prepared.cgroup.procs_fd if prepared.cgroup else None,
                 landlock_fd=prepared.ruleset_fd,
                 seccomp_filter=prepared.filter,
-            )
+                **notify_setup(prepared.notify_program,
+                               prepared.handoff_fd if prepared.handoff_fd >= 0 else None),
+            )  # fmt: skip
             try:
                 super().__init__(
                     list(args),
@@ -279,6 +300,7 @@ class SandboxProcess(subprocess.Popen[Any]):
                 )
             finally:
                 os.close(write_fd)
+                prepared.release_handoff()
             record = read_record(read_fd)
         finally:
             os.close(read_fd)

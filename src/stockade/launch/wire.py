@@ -26,7 +26,9 @@ class Request:
     """One sandbox to start; the descriptors travel beside it (SCM_RIGHTS).
 
     ``fds`` names the received descriptors, in order: ``conn`` always, then
-    ``stdin``/``stdout``/``stderr``/``ruleset``/``cgroup`` when present.
+    ``stdin``/``stdout``/``stderr``/``ruleset``/``cgroup``/``notify`` when
+    present.  ``notify`` is the child's end of the supervisor's hand-off
+    socket; with it, ``notify_program`` is installed last with a listener.
     """
 
     args: list[str]
@@ -37,6 +39,7 @@ class Request:
     setup: dict[str, Any] = field(default_factory=dict)
     filter_program: bytes = b""
     filter_flags: int = 0
+    notify_program: bytes = b""
 
     def wire(self) -> dict[str, Any]:
         """The request as a message (see :func:`send_message`)."""

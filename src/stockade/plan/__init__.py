@@ -8,6 +8,8 @@ as arguments, so every decision here is unit-testable without a kernel.
 from __future__ import annotations
 
 import resource
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from stockade._record import record, replace
 from stockade.errors import PolicyError, UnsupportedError
@@ -21,6 +23,9 @@ from stockade.plan.landlock import (
 )
 from stockade.plan.rootfs import check_root, dev_grants, root_binds
 from stockade.policy.model import NET_CATEGORIES, Bind, Category, Policy
+
+if TYPE_CHECKING:  # imported when a policy needs the supervisor
+    from stockade.plan.notify import NotifyPlan
 
 RLIM_INFINITY = resource.RLIM_INFINITY
 
@@ -82,6 +87,12 @@ class EnforcementPlan:
     loopback: bool = False
     #: Landlock rights the child grants beneath each ``--tmpfs`` it mounts.
     tmpfs_rights: int = 0
+    #: What the supervisor decides; ``None`` when the kernel layers hold
+    #: the whole policy (no supervisor runs).
+    notify: NotifyPlan | None = None
+    #: The notify filter (SECCOMP_RET_USER_NOTIF for ``notify.syscalls``),
+    #: installed last; empty when ``notify`` is None.
+    notify_program: bytes = b""
     #: Under ``root = "tmpfs"``: what the access rules bind into it (see
     #: :mod:`stockade.plan.rootfs`).
     root_binds: tuple[Bind, ...] = ()
@@ -90,10 +101,28 @@ class EnforcementPlan:
     proc_rights: int = 0
 
 
-def compile_plan(policy: Policy, facts: KernelFacts) -> EnforcementPlan:
+def compile_plan(
+    policy: Policy,
+    facts: KernelFacts,
+    *,
+    audit: bool = False,
+    observe: frozenset[Category] = frozenset(),
+    is_dir: Callable[[str], bool] | None = None,
+    exists: Callable[[str], bool] | None = None,
+) -> EnforcementPlan:
     """Assign every part of *policy* to the cheapest layer that enforces it
-    exactly.  Raises :class:`PolicyError` for what no layer in this release
-    can enforce and :class:`UnsupportedError` for what this kernel lacks."""
+    exactly; what no kernel layer can hold goes to the supervisor
+    (``notify``).  *audit* routes every category for events (``stockade
+    learn``), *observe* routes some categories only to be seen (``on_event``,
+    exec events).  *is_dir* (``os.path.isdir``, from the launcher) finds
+    literal rules that name a directory alone, which only the supervisor
+    can hold; without it such a rule is refused when the ruleset is built.
+    *exists* (``os.path.exists``) finds denied paths a mount mask could not
+    cover (missing, in a tree the sandbox may create in); they go to the
+    supervisor instead of being refused at launch.
+    Raises :class:`PolicyError` for what no layer in this
+    release can enforce and :class:`UnsupportedError` for what this kernel
+    lacks."""
     _refuse_unimplemented(policy)
     namespaces = _namespaces(policy, facts)
     if "net" in namespaces and not any(r.category.is_net for r in policy.rules):
@@ -113,7 +142,7 @@ def compile_plan(policy: Policy, facts: KernelFacts) -> EnforcementPlan:
         )
     net = compile_net(policy_for_net)
     can_mask = facts.privileged or facts.user_namespaces
-    landlock = compile_landlock(policy_for_net, net, facts.landlock_abi, can_mask)
+    landlock = compile_landlock(policy_for_net, net, facts.landlock_abi, can_mask, is_dir, exists)
     binds = root_binds(policy, landlock.grants)
     check_root(policy, binds)
     if policy.root is not None:
@@ -133,10 +162,20 @@ def compile_plan(policy: Policy, facts: KernelFacts) -> EnforcementPlan:
     spec = FilterSpec(
         allow_udp=net.allow_udp,
         deny_tcp=deny_tcp,
-        tcp_restricted=bool(landlock.handled_net),
+        # TCP Fast Open connects from sendto/sendmsg, past both Landlock's
+        # connect hook and a supervisor watching connect().
+        tcp_restricted=bool(landlock.handled_net) or Category.NET_CONNECT in net.routed,
         deny_ipc="ipc" not in namespaces,
         deny_chmod=facts.privileged and Category.WRITE in policy.enabled,
     )
+
+    notify = None
+    if landlock.routed or net.routed or audit or observe or _needs_notify(policy_for_net):
+        from stockade.plan.notify import build_notify_program, compile_notify
+
+        notify = compile_notify(
+            policy_for_net, landlock.routed | net.routed, audit=audit, observe=observe
+        )
 
     limits: dict[int, tuple[int, int]] = {}
     if policy.memory is not None:
@@ -186,7 +225,16 @@ def compile_plan(policy: Policy, facts: KernelFacts) -> EnforcementPlan:
         else 0,
         root_binds=binds,
         proc_rights=proc_rights,
+        notify=notify,
+        notify_program=build_notify_program(notify) if notify is not None else b"",
     )
+
+
+def _needs_notify(policy: Policy) -> bool:
+    """Whether a category that traps calls no kernel layer mediates (see
+    :func:`stockade.plan.notify.compile_notify`) is on; checked here so that
+    policies with neither do not import the supervisor's plan."""
+    return Category.WRITE in policy.enabled or Category.NET_BIND in policy.enabled
 
 
 #: Processes a pid namespace adds beside the command: the stub that stays

@@ -1,17 +1,26 @@
 """Compile filesystem and network rules to a Landlock ruleset description.
 
 Landlock is a union of allow rules over whole trees (or single files) and
-TCP ports.  A policy compiles here only when that union is *exactly* the
-policy: allow rules must be literal paths or ``LITERAL/***`` trees, and a
-deny rule must not fall inside a tree an earlier rule allowed (a later
-allow overrides the deny anyway).  Anything else needs a mount mask or the
-supervisor and is refused with an error naming the rule, never weakened.
+TCP ports.  A category compiles here exactly when that union is the
+category's rules: allow rules are literal paths or ``LITERAL/***`` trees,
+and a deny falls inside no tree an earlier rule allowed, or is carried by
+a mount mask (a literal path denied for every access, with no later allow
+inside it).
+
+Anything else is *routed* to the supervisor (:mod:`stockade.plan.notify`),
+and Landlock keeps the category as an outer bound that never denies what
+the supervisor would allow: each allow rule grants its literal prefix tree
+(``/usr/lib/*.so`` grants ``/usr/lib/***``), each port rule its ports
+whatever the address.  Nothing is weakened: the supervisor then decides
+every system call of the category with the rules' exact meaning.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from stockade._record import record, replace
-from stockade.errors import PolicyError, UnsupportedError
+from stockade.errors import UnsupportedError
 from stockade.kernel.landlock import AccessFs, AccessNet, Scope, fs_rights_for_abi, scopes_for_abi
 from stockade.policy import patterns
 from stockade.policy.model import Action, Category, Policy, PortRange, Rule
@@ -65,6 +74,9 @@ class LandlockPlan:
     ports: tuple[tuple[int, AccessNet], ...]
     #: Paths hidden under an unreadable mount (needs a mount namespace).
     masks: tuple[str, ...] = ()
+    #: Filesystem categories whose grants are only an outer bound: the
+    #: supervisor decides them.
+    routed: frozenset[Category] = frozenset()
 
 
 @record(frozen=True)
@@ -77,6 +89,9 @@ class NetPlan:
     bind_ports: tuple[PortRange, ...]
     #: UDP (and other datagram) sockets of the inet families may be created.
     allow_udp: bool
+    #: Network categories whose port sets are only an outer bound: the
+    #: supervisor decides them.
+    routed: frozenset[Category] = frozenset()
 
 
 def needs_abi(abi: int, need: int, feature: str, hint: str) -> None:
@@ -94,26 +109,37 @@ MASKED_CATEGORIES = frozenset(CATEGORY_RIGHTS)
 
 
 def compile_fs(
-    policy: Policy, abi: int, can_mask: bool = False
-) -> tuple[AccessFs, tuple[PathGrant, ...], tuple[str, ...]]:
-    """The handled rights, the grants, and the paths to mask.
+    policy: Policy,
+    abi: int,
+    can_mask: bool = False,
+    is_dir: Callable[[str], bool] | None = None,
+    exists: Callable[[str], bool] | None = None,
+) -> tuple[AccessFs, tuple[PathGrant, ...], tuple[str, ...], frozenset[Category]]:
+    """The handled rights, the grants, the paths to mask, and the
+    categories routed to the supervisor.
 
     A deny inside a tree an earlier rule allowed cannot be a Landlock rule.
     With *can_mask* (a mount namespace is possible) a literal path or tree
     denied for every filesystem category becomes a mask: an unreadable
-    empty file or directory mounted over it.  Anything else is refused.
+    empty file or directory mounted over it.  Anything else routes its
+    category, whose grants then bound what the supervisor may allow.
+
+    *is_dir* (``os.path.isdir`` from the launcher; None in pure use) finds
+    literal allow rules that name a directory: Landlock cannot allow a
+    directory without what is beneath it, so such a rule routes too.
+    *exists* (``os.path.exists``) finds paths that do not exist yet where
+    the sandbox may create them.  A mask needs something to cover, so such
+    a deny routes its categories; and Landlock can only grant what exists
+    when the ruleset is made, so such an allow routes its category too,
+    bounded by the nearest existing ancestor's tree.
     """
-    if Category.STAT in policy.enabled:
-        raise PolicyError(
-            "stat rules need the supervisor, which this release does not have yet; "
-            "use sandbox/stat:off",
-            "policy",
-            "sandbox/stat:on",
-        )
     known = fs_rights_for_abi(abi)
     handled = AccessFs(0)
     grants: dict[tuple[str, bool], tuple[AccessFs, str]] = {}
     masks: set[str] = set()
+    routed: set[Category] = set()
+    if Category.STAT in policy.enabled:
+        routed.add(Category.STAT)  # no kernel layer mediates stat(2)
     for category, rights in CATEGORY_RIGHTS.items():
         if category not in policy.enabled:
             continue
@@ -126,31 +152,36 @@ def compile_fs(
                     f"turn the category off with -c sandbox/{category}:off to run unrestricted",
                 )
         handled |= rights & known
+        rules = policy.rules_for(category)
+        if any(r.action is Action.ALLOW and not _exact_allow(r, category, is_dir) for r in rules):
+            routed.add(category)
+        later = {
+            r.pattern
+            for r in rules
+            if r.action is Action.ALLOW and _appears_later(r.pattern, policy, exists)
+        }
+        if later:
+            routed.add(category)
         allowed: list[Rule] = []
-        for index, rule in enumerate(policy.rules_for(category)):
+        for index, rule in enumerate(rules):
             if rule.action is Action.ALLOW:
-                _check_allow(rule)
                 allowed.append(rule)
-                root = patterns.tree_root(rule.pattern)
-                key = (root, True) if root is not None else (rule.pattern, False)
-                old, origin = grants.get(key, (AccessFs(0), str(rule)))
-                grants[key] = (old | (rights & known), origin)
+                continue
+            if not any(patterns.may_overlap(e.pattern, rule.pattern) for e in allowed):
+                continue  # denied by default already
+            target = _mask_target(rule, policy, category, index, exists) if can_mask else None
+            if target is None:
+                routed.add(category)
             else:
-                for earlier in allowed:
-                    if patterns.may_overlap(earlier.pattern, rule.pattern):
-                        target = _mask_target(rule, policy, category, index) if can_mask else None
-                        if target is None:
-                            raise PolicyError(
-                                f"a deny inside an allowed tree ({earlier}) needs a mount mask "
-                                "(a literal path denied for every access, with no later allow "
-                                "inside it) or the supervisor, which this release does not "
-                                "have yet",
-                                "policy",
-                                str(rule),
-                            )
-                        masks.add(target)
-    if Category.READ in policy.enabled:
-        _check_exec_readable(grants)
+                masks.add(target)
+        for rule in allowed:
+            key = _bound(rule.pattern, category in routed, category in NAMED_IN_PARENT)
+            if rule.pattern in later or (category in NAMED_IN_PARENT and exists is not None):
+                key = _existing_bound(key, exists)
+            old, origin = grants.get(key, (AccessFs(0), str(rule)))
+            grants[key] = (old | (rights & known), origin)
+    if Category.READ in policy.enabled and _grant_read_for_exec(grants):
+        routed.add(Category.READ)
     if handled:
         handled |= ALWAYS_DENIED
     grant_list = tuple(
@@ -158,12 +189,83 @@ def compile_fs(
         for (path, tree), (rights, origin) in grants.items()
         if rights
     )
-    return handled, grant_list, tuple(sorted(masks))
+    return handled, grant_list, tuple(sorted(masks)), frozenset(routed)
 
 
-def _mask_target(rule: Rule, policy: Policy, category: Category, index: int) -> str | None:
+#: Categories whose Landlock rights are checked on the parent directory
+#: (making or removing an entry), so a rule on one literal name cannot be a
+#: Landlock rule: a file takes no directory rights, and a missing path none.
+NAMED_IN_PARENT = frozenset({Category.CREATE, Category.DELETE})
+
+
+def _exact_allow(rule: Rule, category: Category, is_dir: Callable[[str], bool] | None) -> bool:
+    if patterns.tree_root(rule.pattern) is not None:
+        return True
+    if not patterns.is_literal(rule.pattern) or category in NAMED_IN_PARENT:
+        return False
+    return is_dir is None or not is_dir(rule.pattern)
+
+
+def _appears_later(pattern: str, policy: Policy, exists: Callable[[str], bool] | None) -> bool:
+    """Whether the path an allow rule grants on is missing now but could be
+    created by the sandbox (a create rule reaches it, or create is off)."""
+    if exists is None:
+        return False
+    root = patterns.tree_root(pattern)
+    path = root if root is not None else patterns.literal_prefix(pattern)
+    if exists(path):
+        return False
+    if Category.CREATE not in policy.enabled:
+        return True
+    return any(
+        r.action is Action.ALLOW and patterns.may_overlap(r.pattern, path)
+        for r in policy.rules_for(Category.CREATE)
+    )
+
+
+def _existing_bound(
+    key: tuple[str, bool], exists: Callable[[str], bool] | None
+) -> tuple[str, bool]:
+    """*key* moved up to the nearest existing directory, as a tree: a grant
+    on a missing path would be skipped when the ruleset is made."""
+    path = key[0]
+    if exists is None or exists(path):
+        return key
+    while path != "/" and not exists(path):
+        path = path.rsplit("/", 1)[0] or "/"
+    return path, True
+
+
+def _bound(pattern: str, routed: bool, in_parent: bool) -> tuple[str, bool]:
+    """The Landlock grant ``(path, tree)`` for an allow rule: exact for a
+    literal or a tree; the literal prefix tree for a glob.  In a routed
+    category a literal path is granted as a tree too, so that a directory
+    allowed alone (which Landlock cannot grant without its contents) is
+    still reachable for the supervisor to decide; for create and delete
+    the right lives on the parent directory, so the parent's tree is the
+    bound."""
+    root = patterns.tree_root(pattern)
+    if root is not None:
+        return root, True
+    if patterns.is_literal(pattern):
+        if in_parent:
+            return pattern.rsplit("/", 1)[0] or "/", True
+        return pattern, routed
+    # A glob's literal prefix ends before its first glob component, so the
+    # parent of every match is at or beneath it.
+    return patterns.literal_prefix(pattern), True
+
+
+def _mask_target(
+    rule: Rule,
+    policy: Policy,
+    category: Category,
+    index: int,
+    exists: Callable[[str], bool] | None = None,
+) -> str | None:
     """The path a mask may stand for *rule*, or None when a mask would deny
-    more than the policy says."""
+    more than the policy says, or could not cover the path (missing, where
+    the sandbox may create it)."""
     root = patterns.tree_root(rule.pattern)
     path = root if root is not None else rule.pattern
     if not patterns.is_literal(path) or path == "/":
@@ -178,18 +280,28 @@ def _mask_target(rule: Rule, policy: Policy, category: Category, index: int) -> 
     for later in policy.rules_for(category)[index + 1 :]:
         if later.action is Action.ALLOW and patterns.may_overlap(later.pattern, rule.pattern):
             return None  # a later allow reopens part of it: a mask would hide that
+    if exists is not None and not exists(path):
+        creatable = any(
+            r.action is Action.ALLOW and patterns.may_overlap(r.pattern, rule.pattern)
+            for r in policy.rules_for(Category.CREATE)
+        )
+        if creatable and Category.CREATE in policy.enabled:
+            return None  # nothing to mount over, and the sandbox could create it
     return path
 
 
-def _check_exec_readable(grants: dict[tuple[str, bool], tuple[AccessFs, str]]) -> None:
+def _grant_read_for_exec(grants: dict[tuple[str, bool], tuple[AccessFs, str]]) -> bool:
     """Landlock checks READ_FILE as well as EXECUTE when a file is executed
-    (execve opens it for reading), so an exec rule with no read rule over
-    it would allow nothing.  Refuse it rather than accept a rule that
-    cannot work; exec without read needs the supervisor."""
+    (execve opens it for reading), so an exec grant with no read grant over
+    it would allow nothing.  Add READ_FILE to such grants and return True:
+    ``read`` is then routed, and the supervisor keeps plain reads there
+    denied (SPEC: exec does not imply read)."""
     readable = [
         (path, tree) for (path, tree), (rights, _) in grants.items() if rights & AccessFs.READ_FILE
     ]
-    for (path, _tree), (rights, origin) in grants.items():
+    widened = False
+    for key, (rights, origin) in list(grants.items()):
+        path = key[0]
         if not rights & AccessFs.EXECUTE or rights & AccessFs.READ_FILE:
             continue
         covered = any(
@@ -197,74 +309,54 @@ def _check_exec_readable(grants: dict[tuple[str, bool], tuple[AccessFs, str]]) -
             for rpath, rtree in readable
         )
         if not covered:
-            raise PolicyError(
-                "executing needs read access too (the kernel reads the file to run it), and "
-                "exec without read needs the supervisor, which this release does not have "
-                f"yet; add read for {path}",
-                "policy",
-                origin,
-            )
-
-
-def _check_allow(rule: Rule) -> None:
-    if patterns.tree_root(rule.pattern) is None and not patterns.is_literal(rule.pattern):
-        raise PolicyError(
-            "an allow rule with a glob other than a trailing /*** needs the supervisor, "
-            "which this release does not have yet; allow the tree (DIR/***) instead",
-            "policy",
-            str(rule),
-        )
+            grants[key] = (rights | AccessFs.READ_FILE, origin)
+            widened = True
+    return widened
 
 
 def compile_net(policy: Policy) -> NetPlan:
-    """Reduce the network rules to port sets that Landlock and the filter hold."""
-    connect_all, connect = _ports(policy, Category.NET_CONNECT)
-    bind_all, bind = _ports(policy, Category.NET_BIND)
+    """Reduce the network rules to port sets that Landlock and the filter
+    hold; rules with addresses or hostnames, denies inside allowed ports
+    and datagram rules for particular targets are routed."""
+    connect_all, connect, connect_routed = _ports(policy, Category.NET_CONNECT)
+    bind_all, bind, bind_routed = _ports(policy, Category.NET_BIND)
+    routed = {Category.NET_CONNECT} if connect_routed else set()
+    if bind_routed:
+        routed.add(Category.NET_BIND)
     allow_udp = Category.NET_SEND not in policy.enabled
     for rule in policy.rules_for(Category.NET_SEND):
-        if rule.pattern not in ("*!*",):
-            raise PolicyError(
-                "datagram rules for particular addresses or ports need the supervisor, "
-                "which this release does not have yet; allow/net/send+*!* allows all UDP",
-                "policy",
-                str(rule),
-            )
+        if rule.pattern != "*!*":
+            routed.add(Category.NET_SEND)
         allow_udp = rule.action is Action.ALLOW or Category.NET_SEND not in policy.enabled
-    return NetPlan(connect_all, bind_all, connect, bind, allow_udp)
+    if Category.NET_SEND in routed:
+        # The supervisor decides each datagram's destination (sendto,
+        # sendmsg, sendmmsg, and connect on a datagram socket).
+        allow_udp = True
+    return NetPlan(connect_all, bind_all, connect, bind, allow_udp, frozenset(routed))
 
 
-def _ports(policy: Policy, category: Category) -> tuple[bool, tuple[PortRange, ...]]:
+def _ports(policy: Policy, category: Category) -> tuple[bool, tuple[PortRange, ...], bool]:
+    """(every port, the ports Landlock allows, routed) for *category*."""
     if category not in policy.enabled:
-        return True, ()
+        return True, (), False
     ports: set[int] = set()
     everything = False
-    allowed: list[tuple[Rule, frozenset[int] | None]] = []
+    routed = False
+    allowed: list[frozenset[int] | None] = []
     for rule in policy.rules_for(category):
         host, _, port_text = rule.pattern.rpartition("!")
-        if host != "*":
-            raise PolicyError(
-                "rules for particular addresses or hostnames need the supervisor, "
-                "which this release does not have yet; only *:PORTS rules are enforced",
-                "policy",
-                str(rule),
-            )
         span = _expand(port_text)
+        if host != "*":
+            routed = True
         if rule.action is Action.ALLOW:
-            allowed.append((rule, span))
+            allowed.append(span)
             if span is None:
                 everything = True
             else:
                 ports |= span
-        else:
-            for earlier, espan in allowed:
-                if espan is None or span is None or espan & span:
-                    raise PolicyError(
-                        f"a deny inside allowed ports ({earlier}) needs the supervisor, "
-                        "which this release does not have yet",
-                        "policy",
-                        str(rule),
-                    )
-    return everything, _ranges(ports)
+        elif any(espan is None or span is None or espan & span for espan in allowed):
+            routed = True  # a deny inside allowed ports
+    return everything, _ranges(ports), routed
 
 
 def _expand(text: str) -> frozenset[int] | None:
@@ -322,10 +414,15 @@ def tmpfs_rights(handled: AccessFs) -> AccessFs:
 
 
 def compile_landlock(
-    policy: Policy, net: NetPlan, abi: int, can_mask: bool = False
+    policy: Policy,
+    net: NetPlan,
+    abi: int,
+    can_mask: bool = False,
+    is_dir: Callable[[str], bool] | None = None,
+    exists: Callable[[str], bool] | None = None,
 ) -> LandlockPlan:
     """The Landlock ruleset for *policy* on a kernel with ABI *abi*."""
-    handled_fs, grants, masks = compile_fs(policy, abi, can_mask)
+    handled_fs, grants, masks, routed = compile_fs(policy, abi, can_mask, is_dir, exists)
     if policy.root not in (None, "tmpfs"):
         # Under root = DIR the sandbox's /usr is DIR/usr.
         grants = tuple(replace(g, in_root=True) for g in grants)
@@ -356,4 +453,5 @@ def compile_landlock(
         grants=grants,
         ports=tuple(port_rules),
         masks=masks,
+        routed=routed,
     )

@@ -678,7 +678,8 @@ class PolicyBuilder:
         self._scalar(key, self._path(key, value))
 
     def _set_log(self, key: str, value: object) -> None:
-        self._scalar(key, self._path(key, value))
+        # "-" is standard error (SPEC: --log -), not a file named "-".
+        self._scalar(key, "-" if value == "-" else self._path(key, value))
 
     def _set_ipc(self, key: str, value: object) -> None:
         if isinstance(value, str) and value.startswith("@"):

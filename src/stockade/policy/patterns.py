@@ -112,13 +112,24 @@ def validate_pattern(pattern: str) -> str:
 
 @record(frozen=True)
 class Matcher:
-    """A compiled pattern.  ``match(path)`` tests one resolved absolute path."""
+    """A compiled pattern.  ``match(path)`` tests one resolved absolute path.
+
+    Paths come from the sandbox, so matching must not be steered into
+    exponential work: a backtracking regular expression with three or more
+    unbounded wildcards (``/**a*a*b``) takes seconds on a path of a few
+    thousand characters.  Such patterns are matched by :class:`_Glob`, a
+    state-set simulation linear in the path's length; the others keep the
+    regular expression (at worst quadratic, in C: milliseconds).
+    """
 
     pattern: str
     _regex: re.Pattern[str] = field(repr=False, compare=False)
+    _glob: _Glob | None = field(default=None, repr=False, compare=False)
 
     def match(self, path: str) -> bool:
         """True when *path* (absolute, resolved, normalised) matches."""
+        if self._glob is not None:
+            return self._glob.match(path)
         return self._regex.fullmatch(path) is not None
 
 
@@ -129,7 +140,8 @@ def compile_pattern(pattern: str) -> Matcher:
     Raises :class:`~stockade.errors.PolicyError` as :func:`validate_pattern`.
     """
     canonical = validate_pattern(pattern)
-    return Matcher(canonical, _regex(canonical, canonical))
+    glob = _Glob(canonical) if _wildcard_runs(canonical) >= _RISKY_RUNS else None
+    return Matcher(canonical, _regex(canonical, canonical), glob)
 
 
 def is_literal(pattern: str) -> bool:
@@ -289,3 +301,100 @@ def _char_class(text: str, start: int, shown: str) -> tuple[str, int]:
     # A range such as "+-0" includes "/"; the look-ahead keeps the class
     # within one component without rewriting the user's range.
     return (f"(?!/)[{joined}]" if spans_slash else f"[{joined}]"), i + 1
+
+
+#: Patterns with this many unbounded wildcard runs are matched by _Glob.
+_RISKY_RUNS = 3
+
+
+def _wildcard_runs(canonical: str) -> int:
+    """How many ``*`` or ``**`` runs *canonical* has (a final ``/***``
+    counts as one)."""
+    return len(re.findall(r"\*+", canonical))
+
+
+class _Glob:
+    """A pattern as a list of one-character steps, matched by simulating
+    every position of the pattern at once: the work is at most the path's
+    length times the pattern's, whatever the input.
+
+    Steps: a literal character, ``?`` (any but ``/``), a class (a compiled
+    one-character expression from :func:`_char_class`), ``*`` (a loop on
+    any but ``/``) and ``**`` (a loop on anything).  A final ``/***`` is an
+    accepting state that also accepts ``/`` followed by anything.
+    """
+
+    __slots__ = ("_steps", "_tree")
+
+    _LIT, _ONE, _CLASS, _STAR, _DSTAR = range(5)
+
+    def __init__(self, canonical: str) -> None:
+        body = canonical
+        self._tree = body.endswith(TREE_SUFFIX)
+        if self._tree:
+            body = body[: -len(TREE_SUFFIX)]
+        steps: list[tuple[int, str | re.Pattern[str]]] = []
+        i, n = 0, len(body)
+        while i < n:
+            c = body[i]
+            if c == "*":
+                j = i
+                while j < n and body[j] == "*":
+                    j += 1
+                steps.append((self._DSTAR if j - i == 2 else self._STAR, ""))
+                i = j
+            elif c == "?":
+                steps.append((self._ONE, ""))
+                i += 1
+            elif c == "[":
+                cls, i = _char_class(body, i, canonical)
+                steps.append((self._CLASS, re.compile(cls, re.DOTALL)))
+            else:
+                steps.append((self._LIT, c))
+                i += 1
+        self._steps = tuple(steps)
+
+    def _close(self, states: set[int]) -> set[int]:
+        """Add the states reached by letting wildcards match nothing."""
+        steps, end = self._steps, len(self._steps)
+        out = set(states)
+        for start in sorted(states):
+            k = start
+            while k < end and steps[k][0] >= self._STAR:
+                k += 1
+                out.add(k)
+        return out
+
+    def match(self, path: str) -> bool:
+        steps, end = self._steps, len(self._steps)
+        rest = end + 1  # after a final "/***": anything goes
+        states = self._close({0})
+        for c in path:
+            nxt: set[int] = set()
+            for k in states:
+                if k == rest:
+                    nxt.add(rest)
+                    continue
+                if k == end:
+                    if self._tree and c == "/":
+                        nxt.add(rest)
+                    continue
+                kind, arg = steps[k]
+                if kind == self._LIT:
+                    if c == arg:
+                        nxt.add(k + 1)
+                elif kind == self._ONE:
+                    if c != "/":
+                        nxt.add(k + 1)
+                elif kind == self._CLASS:
+                    assert isinstance(arg, re.Pattern)
+                    if arg.fullmatch(c) is not None:
+                        nxt.add(k + 1)
+                elif kind == self._DSTAR or c != "/":
+                    nxt.add(k)
+            if not nxt:
+                return False
+            states = self._close(nxt)
+        if self._tree:
+            return end in states or rest in states
+        return end in states

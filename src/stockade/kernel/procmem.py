@@ -1,0 +1,134 @@
+"""Another process's memory and descriptors (process_vm_readv(2),
+pidfd_open(2), pidfd_getfd(2)).
+
+Some facts about reaching into a sandboxed process:
+
+- ``process_vm_readv``/``process_vm_writev`` need ptrace access
+  (PTRACE_MODE_ATTACH_REALCREDS): same user and a dumpable target, or
+  CAP_SYS_PTRACE.  They stop at the first unmapped page and return what
+  was transferred so far, so a read of a C string is clipped to the end of
+  its page first and continued page by page.
+- Memory we read can change the moment after: a decision must rest on a
+  copy, and the caller must check ``SECCOMP_IOCTL_NOTIF_ID_VALID``
+  afterwards (the pid could have been recycled).
+- ``pidfd_getfd`` duplicates one of the target's descriptors into us (the
+  same open file description), under the same ptrace check.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+
+from stockade.kernel import _ffi
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+#: PATH_MAX: a longer path is ENAMETOOLONG for the kernel too.
+PATH_MAX = 4096
+
+
+class Iovec(ctypes.Structure):
+    """struct iovec { void *iov_base; size_t iov_len; };"""
+
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class MemReader:
+    """Reads and writes one process's memory through preallocated buffers.
+    Not thread-safe: one per worker thread."""
+
+    def __init__(self, size: int = PATH_MAX + PAGE_SIZE) -> None:
+        self.buf = ctypes.create_string_buffer(size)
+        self._buf_addr = ctypes.addressof(self.buf)
+        self._size = size
+        self._local = Iovec(self._buf_addr, 0)
+        self._remote = Iovec(0, 0)
+        self._local_addr = ctypes.addressof(self._local)
+        self._remote_addr = ctypes.addressof(self._remote)
+
+    def _readv(self, pid: int, addr: int, offset: int, length: int) -> int:
+        self._local.iov_base = self._buf_addr + offset
+        self._local.iov_len = length
+        self._remote.iov_base = addr
+        self._remote.iov_len = length
+        while True:
+            n: int = _ffi.process_vm_readv(pid, self._local_addr, 1, self._remote_addr, 1, 0)
+            if n >= 0:
+                return n
+            err = ctypes.get_errno()
+            if err != errno.EINTR:
+                raise OSError(err, os.strerror(err))
+
+    def read(self, pid: int, addr: int, length: int) -> bytes:
+        """Exactly *length* bytes at *addr*; EFAULT if not all are mapped."""
+        if length > self._size:
+            raise OSError(errno.E2BIG, "read too large")
+        if length == 0:
+            return b""
+        n = self._readv(pid, addr, 0, length)
+        if n != length:
+            raise OSError(errno.EFAULT, os.strerror(errno.EFAULT))
+        return ctypes.string_at(self._buf_addr, length)
+
+    def cstring(self, pid: int, addr: int, limit: int = PATH_MAX) -> bytes:
+        """The NUL-terminated string at *addr* (without its NUL).
+
+        Raises OSError: EFAULT for a NULL or unmapped pointer, ENAMETOOLONG
+        when no NUL comes within *limit* bytes (as the kernel would).
+        """
+        if addr == 0:
+            raise OSError(errno.EFAULT, os.strerror(errno.EFAULT))
+        got = 0
+        while got < limit:
+            # Clip each read to the page end: a string that ends just
+            # before an unmapped page must still be readable.
+            # The first read is short: most paths are, and copying a
+            # whole page from another process costs more than a second read.
+            first = 256 if got == 0 else PAGE_SIZE
+            chunk = min(PAGE_SIZE - ((addr + got) % PAGE_SIZE), limit - got, first)
+            n = self._readv(pid, addr + got, got, chunk)
+            if n == 0:
+                raise OSError(errno.EFAULT, os.strerror(errno.EFAULT))
+            end = ctypes.string_at(self._buf_addr + got, n).find(b"\0")
+            if end >= 0:
+                return ctypes.string_at(self._buf_addr, got + end)
+            got += n
+        raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
+
+    def write(self, pid: int, addr: int, data: bytes) -> None:
+        """Write *data* at *addr* in *pid*; EFAULT if not all of it landed."""
+        length = len(data)
+        if length > self._size:
+            raise OSError(errno.E2BIG, "write too large")
+        ctypes.memmove(self._buf_addr, data, length)
+        self._local.iov_base = self._buf_addr
+        self._local.iov_len = length
+        self._remote.iov_base = addr
+        self._remote.iov_len = length
+        while True:
+            n: int = _ffi.process_vm_writev(pid, self._local_addr, 1, self._remote_addr, 1, 0)
+            if n >= 0:
+                break
+            err = ctypes.get_errno()
+            if err != errno.EINTR:
+                raise OSError(err, os.strerror(err))
+        if n != length:
+            raise OSError(errno.EFAULT, os.strerror(errno.EFAULT))
+
+
+#: pidfd_open(2) flag (6.9): *pid* may be any thread, not only a leader.
+PIDFD_THREAD = 0o200
+
+
+def pidfd_open(pid: int, thread: bool = False) -> int:
+    """A pidfd for *pid* (close it); with *thread*, *pid* may name any
+    thread (a seccomp notification names the calling thread).  Raises
+    OSError."""
+    return _ffi.syscall(_ffi.SYS_pidfd_open, pid, PIDFD_THREAD if thread else 0)
+
+
+def pidfd_getfd(pidfd: int, targetfd: int) -> int:
+    """A duplicate of *targetfd* of the process behind *pidfd* (CLOEXEC;
+    close it); raises OSError (EBADF: no such descriptor there)."""
+    return _ffi.syscall(_ffi.SYS_pidfd_getfd, pidfd, targetfd, 0)

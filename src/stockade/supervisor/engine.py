@@ -1,0 +1,392 @@
+"""The notification loop: one receiver at a time, a pool of workers.
+
+Threads and their contract (one :class:`Supervisor` per process serves
+every sandbox the process runs).  The receiver is a role that passes from
+thread to thread (leader/follower), so that a notification is handled by
+the thread that received it, with no queue between them:
+
+- Exactly one thread at a time, the **receiver** (it holds
+  ``_receiver``), waits in ``epoll`` on every sandbox's listener fd and
+  every pending hand-off _socket.  It does only non-blocking work:
+  ``SECCOMP_IOCTL_NOTIF_RECV`` on a listener that polled readable, and
+  taking a listener over from a child.  As soon as it holds one
+  notification it gives up the role, to an idle thread waiting for it (a
+  new thread is started if none is idle, up to ``MAX_WORKERS``), and only
+  then runs the handler.  So a slow handler (an open of a FIFO, a
+  connect) never delays another sandbox's calls or another thread's.
+- An idle thread waits for the receiver role; one that has waited
+  ``IDLE_SECONDS`` retires, all but ``MIN_WORKERS``.  Idle and live counts
+  change under one lock, and a new thread is started when, under it, no
+  thread is idle once the role was released: some thread is always
+  receiving, or on its way to.
+- The **sentinel**: whatever a handler raises, the call it was handling is
+  answered EACCES and the thread carries on.  A handler that answered
+  already makes that second answer fail with ENOENT, which is ignored.
+- A listener is closed only once its sandbox is gone (POLLHUP) *and* no
+  thread still holds one of its notifications, so nobody answers on a
+  reused descriptor number.
+
+Threads of a privileged process drop their effective capabilities at start
+(per thread), so that what they do on a sandbox's behalf is checked by the
+kernel with the same rights the sandbox has (a root sandbox runs with no
+capabilities).  They also unshare their filesystem attributes, so that the
+umask they set for a brokered create is theirs alone.
+"""
+
+from __future__ import annotations
+
+# _socket, not socket: its enum conversions cost start-up time, and the
+# default profile imports this module on every run.
+import _socket
+import ctypes
+import errno
+import os
+import select
+import struct
+import threading
+
+from stockade.kernel import _ffi, notify, procmem
+
+IDLE_SECONDS = 5.0
+MAX_WORKERS = 64
+MIN_WORKERS = 1
+
+CLONE_FS = 0x00000200
+SYS_capset = 126
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+#: One hand-off record: the listener's descriptor number in the child.
+HANDOFF = struct.Struct("=i")
+
+
+class Worker:
+    """Per-thread scratch: answer structs and a memory reader, allocated
+    once so that handling a call allocates as little as possible."""
+
+    def __init__(self) -> None:
+        self.resp = notify.Responder()
+        self.mem = procmem.MemReader()
+        #: Handling a call (cleared when back to idle).
+        self.busy = False
+
+
+class Session:
+    """One sandbox under supervision: subclassed by the dispatcher that
+    knows the handlers (:class:`stockade.supervisor.session.SandboxSession`).
+    """
+
+    def __init__(self) -> None:
+        self.listener = -1
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._hup = False
+        #: Set once the listener is closed (or was never received).
+        self.finished = threading.Event()
+        #: Set once the listener was received (or the hand-off failed).
+        self.attached = threading.Event()
+
+    def handle(self, worker: Worker, notif: notify.SeccompNotif) -> None:
+        """Answer *notif*; runs in a worker.  May raise: the sentinel then
+        answers EACCES."""
+        raise NotImplementedError
+
+    def handler_failed(self, notif: notify.SeccompNotif, err: BaseException) -> None:
+        """Told after the sentinel answered EACCES for *notif*."""
+
+    def closed(self) -> None:
+        """Told once the listener is closed."""
+
+    # -- bookkeeping, called by the supervisor --------------------------------
+
+    def _take(self) -> None:
+        with self._lock:
+            self._pending += 1
+
+    def _release(self) -> None:
+        with self._lock:
+            self._pending -= 1
+            close = self._hup and self._pending == 0
+        if close:
+            self._close()
+
+    def _hangup(self) -> None:
+        with self._lock:
+            self._hup = True
+            close = self._pending == 0
+        if close:
+            self._close()
+
+    def _close(self) -> None:
+        with self._lock:
+            fd, self.listener = self.listener, -1
+        if fd >= 0:
+            os.close(fd)
+        self.attached.set()
+        self.finished.set()
+        self.closed()
+
+
+class Supervisor:
+    """The receiver and the worker pool of this process."""
+
+    def __init__(self) -> None:
+        self._ep = select.epoll()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._ep.register(self._wake_r, select.EPOLLIN)
+        # fd -> (kind, session, socket or None); touched by the receiver only.
+        self._watched: dict[int, tuple[str, Session, _socket.socket | None]] = {}
+        self._new: list[tuple[_socket.socket, Session]] = []
+        #: Held by the thread that is the receiver.
+        self._receiver = threading.Lock()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._workers = 1
+        #: Threads started that are not yet waiting for the receiver role.
+        self._starting = 1
+        self._pool: list[Worker] = []
+        self._privileged = os.geteuid() == 0
+        self._sync_wakeup = True
+        self._start_thread()
+
+    @property
+    def workers(self) -> int:
+        """Live worker threads (for tests of idle retirement)."""
+        with self._lock:
+            return self._workers
+
+    def adopt(self, handoff: _socket.socket, session: Session) -> None:
+        """Take over the listener that a child will send on *handoff* (our
+        end of the hand-off socket pair, SO_PASSCRED set), then supervise
+        it in *session*.  Returns at once; the receiver does the rest."""
+        with self._lock:
+            self._new.append((handoff, session))
+        os.write(self._wake_w, b"x")
+
+    # -- threads ------------------------------------------------------------------
+
+    def _start_thread(self) -> None:
+        threading.Thread(target=self._work, name="stockade-supervisor", daemon=True).start()
+
+    def _work(self) -> None:
+        try:
+            self._confine_thread()
+            worker: Worker | None = Worker()
+        except OSError:
+            worker = None  # cannot act with the sandbox's rights: deny all
+        if worker is not None:
+            with self._lock:
+                self._pool.append(worker)
+        receiver = self._receiver
+        with self._lock:
+            self._starting -= 1
+        while True:
+            # Idle: waiting for the receiver role, or holding it.  (Busy
+            # ends here, under the same lock: never neither busy nor idle.)
+            with self._lock:
+                self._idle += 1
+                if worker is not None:
+                    worker.busy = False
+            if not receiver.acquire(timeout=IDLE_SECONDS):
+                with self._lock:
+                    self._idle -= 1
+                    if self._workers > MIN_WORKERS:
+                        self._workers -= 1
+                        if worker is not None:
+                            self._pool.remove(worker)
+                        return
+                continue
+            try:
+                item = self._receive()
+            finally:
+                with self._lock:
+                    self._idle -= 1
+                    # Someone must be receiving while we handle this call.
+                    # A thread whose call is answered is only tidying up:
+                    # it will be idle at once, and needs no replacement.
+                    spawn = (
+                        self._idle == 0
+                        and not self._starting
+                        and self._workers < MAX_WORKERS
+                        and not any(w.busy and w.resp.answered for w in self._pool)
+                    )
+                    if spawn:
+                        self._workers += 1
+                        self._starting += 1
+                    if worker is not None:
+                        worker.busy = True
+                        worker.resp.answered = False
+                receiver.release()
+            if spawn:
+                self._start_thread()
+            session, notif = item
+            if worker is None:
+                Worker_deny(session, notif)
+                continue
+            self._run(worker, session, notif)
+
+    # -- the receiver role ---------------------------------------------------------
+
+    def _receive(self) -> tuple[Session, notify.SeccompNotif]:
+        """Wait for the next notification (and do the bookkeeping events
+        that come before it); called by the receiver only."""
+        ep = self._ep
+        while True:
+            try:
+                events = ep.poll(-1, 1)
+            except InterruptedError:
+                continue
+            for fd, mask in events:
+                if fd == self._wake_r:
+                    self._take_new()
+                    continue
+                entry = self._watched.get(fd)
+                if entry is None:
+                    continue
+                kind, session, sock = entry
+                try:
+                    if kind == "handoff":
+                        assert sock is not None
+                        self._handoff(sock, session)
+                    elif mask & select.EPOLLIN:
+                        notif = self._recv(fd, session)
+                        if notif is not None:
+                            return session, notif
+                    elif mask & (select.EPOLLHUP | select.EPOLLERR):
+                        self._drop(fd, session)
+                except Exception:  # the receiver must survive anything
+                    # A listener we cannot read from is given up: with no
+                    # listener its sandbox's trapped calls fail (ENOSYS),
+                    # never succeed, and the launcher ends the run.
+                    self._drop(fd, session)
+
+    def _drop(self, fd: int, session: Session) -> None:
+        if self._watched.pop(fd, None) is None:
+            return
+        try:
+            self._ep.unregister(fd)
+        except (OSError, ValueError):
+            pass  # already gone
+        session._hangup()
+
+    def _take_new(self) -> None:
+        try:
+            os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            pass
+        with self._lock:
+            new, self._new = self._new, []
+        for sock, session in new:
+            self._watched[sock.fileno()] = ("handoff", session, sock)
+            self._ep.register(sock.fileno(), select.EPOLLIN)
+
+    def _handoff(self, sock: _socket.socket, session: Session) -> None:
+        """Read the child's record, take its listener with pidfd_getfd, and
+        acknowledge so that it may exec.  On any failure the socket is
+        closed without acknowledgement: the child fails its hand-off step
+        and never runs the command unsupervised."""
+        fd = sock.fileno()
+        self._ep.unregister(fd)
+        del self._watched[fd]
+        listener = -1
+        try:
+            data, anc, _flags, _addr = sock.recvmsg(
+                HANDOFF.size, _socket.CMSG_SPACE(struct.calcsize("3i"))
+            )
+            pid = -1
+            for level, kind, payload in anc:
+                if level == _socket.SOL_SOCKET and kind == _socket.SCM_CREDENTIALS:
+                    pid = struct.unpack("3i", payload[:12])[0]
+            if len(data) == HANDOFF.size and pid > 0:
+                (number,) = HANDOFF.unpack(data)
+                pidfd = procmem.pidfd_open(pid)
+                try:
+                    listener = procmem.pidfd_getfd(pidfd, number)
+                finally:
+                    os.close(pidfd)
+                if os.readlink(f"/proc/self/fd/{listener}") != "anon_inode:seccomp notify":
+                    os.close(listener)
+                    listener = -1
+        except Exception:  # any failure refuses the hand-off (fail closed)
+            if listener >= 0:
+                os.close(listener)
+            listener = -1
+        if listener < 0:
+            sock.close()
+            session._close()
+            return
+        if self._sync_wakeup:
+            self._sync_wakeup = notify.set_sync_wakeup(listener)
+        session.listener = listener
+        self._watched[listener] = ("listener", session, None)
+        self._ep.register(listener, select.EPOLLIN)
+        session.attached.set()
+        try:
+            sock.send(b"k")
+        except OSError:
+            pass  # the child died meanwhile: its listener hangs up
+        sock.close()
+
+    def _recv(self, fd: int, session: Session) -> notify.SeccompNotif | None:
+        notif = notify.SeccompNotif()
+        try:
+            notify.recv(fd, notif)
+        except OSError as err:
+            if err.errno == errno.ENOENT:
+                return None  # the caller went away (killed, or a signal)
+            raise
+        session._take()
+        return notif
+
+    def _run(self, worker: Worker, session: Session, notif: notify.SeccompNotif) -> None:
+        try:
+            session.handle(worker, notif)
+        except BaseException as err:
+            try:
+                # Recorded before the answer: once answered, the caller may
+                # exit and its run's result be read.
+                session.handler_failed(notif, err)
+            except Exception:  # noqa: S110 - reporting must not stop the answer
+                pass
+            worker.resp.send(session.listener, notif.id, error=errno.EACCES)
+        finally:
+            session._release()
+
+    def _confine_thread(self) -> None:
+        # A private fs_struct: the umask a brokered create sets is ours.
+        _ffi.syscall(_ffi.SYS_unshare, CLONE_FS)
+        if self._privileged:
+            header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+            data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable: empty
+            _ffi.syscall(SYS_capset, header, data)
+
+
+_supervisor: Supervisor | None = None
+_supervisor_pid = -1
+_supervisor_lock = threading.Lock()
+
+
+def Worker_deny(session: Session, notif: notify.SeccompNotif) -> None:
+    """Answer EACCES from a thread that could not confine itself."""
+    try:
+        notify.Responder().send(session.listener, notif.id, error=errno.EACCES)
+    finally:
+        session._release()
+
+
+def get() -> Supervisor:
+    """This process's supervisor (started on first use; a forked child
+    gets its own)."""
+    global _supervisor, _supervisor_pid
+    with _supervisor_lock:
+        if _supervisor is None or _supervisor_pid != os.getpid():
+            _supervisor = Supervisor()
+            _supervisor_pid = os.getpid()
+        return _supervisor
+
+
+def handoff_pair() -> tuple[_socket.socket, _socket.socket]:
+    """``(ours, the child's)``: the socket pair a listener is handed over on.
+    Ours receives the sender's pid with every message (SO_PASSCRED)."""
+    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+    ours.setsockopt(_socket.SOL_SOCKET, _socket.SO_PASSCRED, 1)
+    return ours, theirs

@@ -1,0 +1,903 @@
+"""Filesystem handlers: the supervisor performs the operation itself.
+
+Every handler here reads the path from the caller's memory once, checks
+``SECCOMP_IOCTL_NOTIF_ID_VALID``, opens or resolves the object inside the
+sandbox's root (:mod:`stockade.supervisor.resolve`), decides on the path of
+what it opened, and then does the operation on *that* object, returning
+the result: a descriptor injected with ``SECCOMP_IOCTL_NOTIF_ADDFD``, a
+``struct stat`` written with ``process_vm_writev``, or the return value.
+Nothing is continued after a path was read, except:
+
+- ``O_PATH`` opens: ``SECCOMP_IOCTL_NOTIF_ADDFD`` cannot inject an O_PATH
+  file.  Such a descriptor reads and writes nothing, and whatever is
+  opened, executed or looked up through it is decided on its own; a path
+  swapped after our check could only reveal metadata (``stat``).
+
+- ``execve``/``execveat``: only the kernel can replace the caller's image.
+  The decision is made on the file we resolved, then the call continues,
+  and the kernel reads the path again: a thread of the caller that swaps
+  the path in between executes another file.  What bounds it: Landlock's
+  EXECUTE right (the outer bound of every exec rule) still applies to
+  that second lookup, so the swap can only reach a file some exec rule's
+  literal prefix covers.  This is a known gap (see docs/guide.md).
+- ``chdir``/``fchdir``: a working directory grants nothing; every access
+  made from it is decided on its own object.
+- ``ioctl``: the request's argument is the caller's memory, so only the
+  kernel can run it; decided on the descriptor's path, bounded by
+  Landlock's IOCTL_DEV.
+
+Each handler's failure answer is the errno the operation gave us (the one
+the kernel would have given the caller), EACCES for a denial, or EACCES
+from the sentinel if it raises anything else.  All of them may block (an
+open of a FIFO): they run in workers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+import struct
+
+from stockade.kernel import _ffi, notify, procmem, syscalls
+from stockade.policy.model import Category
+from stockade.supervisor.engine import Worker
+from stockade.supervisor.resolve import (
+    AT_EMPTY_PATH,
+    AT_FDCWD,
+    AT_SYMLINK_NOFOLLOW,
+    O_CLOEXEC,
+    O_CREAT,
+    O_DIRECTORY,
+    O_EXCL,
+    O_NOFOLLOW,
+    O_PATH,
+    O_TMPFILE,
+    RESOLVE_BENEATH,
+    RESOLVE_IN_ROOT,
+    RESOLVE_NO_MAGICLINKS,
+    RESOLVE_NO_SYMLINKS,
+    VALID_OPEN_FLAGS,
+    Caller,
+    OpenHow,
+    absolute,
+    check_proc,
+    fd_path,
+    normal,
+    open_in_root,
+    openat2,
+    split_parent,
+)
+from stockade.supervisor.session import Denied, SandboxSession, handles
+
+O_ACCMODE = 0o3
+O_WRONLY = 0o1
+O_RDWR = 0o2
+O_TRUNC = 0o1000
+AT_SYMLINK_FOLLOW = 0x400
+AT_REMOVEDIR = 0x200
+AT_EACCESS = 0x200
+AT_STATX_SYNC_TYPE = 0x6000
+RENAME_EXCHANGE = 2
+IN_DONT_FOLLOW = 0x02000000
+STAT_SIZE = 144
+STATX_SIZE = 256
+STATFS_SIZE = 120
+XATTR_SIZE_MAX = 65536
+
+_nr = syscalls.nr
+NR_OPEN, NR_OPENAT, NR_OPENAT2, NR_CREAT = _nr("open"), _nr("openat"), _nr("openat2"), _nr("creat")
+_syscall = _ffi.syscall
+
+
+def _int(value: int) -> int:
+    """A 32-bit ``int`` argument (the kernel truncates), sign extended."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+class _Scratch:
+    """Per-worker buffers of this module (attached to the Worker lazily)."""
+
+    def __init__(self) -> None:
+        self.how = OpenHow()
+        self.stat = ctypes.create_string_buffer(STATX_SIZE)
+
+
+def _scratch(worker: Worker) -> _Scratch:
+    s: _Scratch | None = getattr(worker, "fs", None)
+    if s is None:
+        s = _Scratch()
+        worker.fs = s  # type: ignore[attr-defined]
+    return s
+
+
+def _path_arg(s: SandboxSession, w: Worker, n: notify.SeccompNotif, dirfd: int, addr: int,
+              empty_ok: bool = False) -> bytes:  # fmt: skip
+    """The absolute path a call names, read once (ID_VALID checked)."""
+    path = w.mem.cstring(n.pid, addr)
+    if not path:
+        if empty_ok:
+            s.valid(w, n)
+            return b""
+        raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+    full = absolute(n.pid, dirfd, path)
+    s.valid(w, n)
+    return full
+
+
+def _open_path(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller, full: bytes,
+               follow: bool, directory: bool = False) -> tuple[int, str]:  # fmt: skip
+    """An O_PATH descriptor on *full* and its path in the sandbox's view."""
+    flags = O_PATH | (0 if follow else O_NOFOLLOW) | (O_DIRECTORY if directory else 0)
+    fd = open_in_root(s.root_fd(w, n), caller, full, flags, 0, _scratch(w).how)
+    try:
+        path = fd_path(fd)
+        check_proc(path, caller)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, path
+
+
+def _their_fd(s: SandboxSession, w: Worker, n: notify.SeccompNotif, fd: int) -> tuple[int, str]:
+    """A duplicate of the caller's descriptor *fd* and its path."""
+    # The notification names the calling thread, not its leader.
+    pidfd = procmem.pidfd_open(n.pid, thread=True)
+    try:
+        # Still pending, so the pidfd is the caller's and not a recycled pid's.
+        s.valid(w, n)
+        ours = procmem.pidfd_getfd(pidfd, fd)
+    finally:
+        os.close(pidfd)
+    try:
+        return ours, fd_path(ours)
+    except BaseException:
+        os.close(ours)
+        raise
+
+
+def _object_fd(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller, dirfd: int,
+               addr: int, follow: bool, empty_path: bool) -> tuple[int, str]:  # fmt: skip
+    """The object a ``*at`` call with AT_EMPTY_PATH support names."""
+    full = _path_arg(s, w, n, dirfd, addr, empty_ok=empty_path)
+    if not full:
+        if dirfd == AT_FDCWD:
+            return _open_path(s, w, n, caller, absolute(n.pid, AT_FDCWD, b"."), True)
+        return _their_fd(s, w, n, dirfd)
+    return _open_path(s, w, n, caller, full, follow)
+
+
+def _done(s: SandboxSession, w: Worker, n: notify.SeccompNotif, val: int = 0) -> None:
+    w.resp.send(s.listener, n.id, val=val)
+
+
+def _anonymous(path: str) -> bool:
+    """An object with no path (pipe, socket, anon inode): nothing a path
+    rule can name; the caller holds it already."""
+    return not path.startswith("/")
+
+
+# -- open -----------------------------------------------------------------------
+
+
+@handles("open", "openat", "openat2", "creat")
+def h_open(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    nr, a = n.data.nr, n.data.args
+    resolve = 0
+    if nr == NR_OPENAT2:
+        dirfd, addr = _int(a[0]), a[1]
+        size = a[3]
+        if size < 24 or size > 4096:
+            raise OSError(errno.EINVAL if size < 24 else errno.E2BIG, "bad open_how size")
+        flags, mode, resolve = struct.unpack("=QQQ", w.mem.read(n.pid, a[2], 24))
+        if size > 24 and any(w.mem.read(n.pid, a[2] + 24, size - 24)):
+            raise OSError(errno.E2BIG, "unknown open_how fields")
+        if flags >> 32 or mode >> 12:
+            raise OSError(errno.EINVAL, "bad openat2 flags")
+    elif nr == NR_OPENAT:
+        dirfd, addr, flags, mode = _int(a[0]), a[1], a[2] & 0xFFFFFFFF, a[3] & 0o7777
+    elif nr == NR_OPEN:
+        dirfd, addr, flags, mode = AT_FDCWD, a[0], a[1] & 0xFFFFFFFF, a[2] & 0o7777
+    else:  # creat
+        dirfd, addr, flags, mode = AT_FDCWD, a[0], O_CREAT | O_WRONLY | O_TRUNC, a[1] & 0o7777
+    full = _path_arg(s, w, n, dirfd, addr)
+    cloexec = bool(flags & O_CLOEXEC)
+    scratch = _scratch(w)
+    root = s.root_fd(w, n)
+    # RESOLVE_* the caller asked for narrow our lookup further.
+    extra = resolve & (RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
+    fd = -1
+    if flags & O_PATH:
+        # ADDFD refuses O_PATH files (fget skips them), so an O_PATH open
+        # is decided and continued.  What a swapped path could get this
+        # way is a descriptor that reads and writes nothing: every open,
+        # exec or directory lookup made through it is decided on its own.
+        fd = open_in_root(root, caller, full, flags & ~O_CLOEXEC, 0, scratch.how, extra)
+        try:
+            path = fd_path(fd)
+            if not _anonymous(path):
+                check_proc(path, caller)
+                s.check(n, Category.STAT, path)
+        finally:
+            os.close(fd)
+        w.resp.cont(s.listener, n.id)
+        return
+    try:
+        if flags & O_CREAT and flags & O_TMPFILE != O_TMPFILE:
+            fd = _open_create(s, w, n, caller, root, full, flags, mode, extra)
+        else:
+            fd = _open_existing(s, n, caller, root, full, flags, mode, extra, scratch)
+        w.resp.addfd(s.listener, n.id, fd, cloexec)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _categories(flags: int) -> tuple[Category, ...]:
+    if flags & O_PATH:
+        return (Category.STAT,)
+    acc = flags & O_ACCMODE
+    out: list[Category] = []
+    if acc != O_WRONLY:
+        out.append(Category.READ)
+    if acc in (O_WRONLY, O_RDWR) or flags & O_TRUNC:
+        out.append(Category.WRITE)
+    return tuple(out)
+
+
+def _open_existing(s: SandboxSession, n: notify.SeccompNotif, caller: Caller, root: int,
+                   full: bytes, flags: int, mode: int, extra: int,
+                   scratch: _Scratch) -> int:  # fmt: skip
+    tmpfile = flags & O_TMPFILE == O_TMPFILE
+    plain = not tmpfile and flags & (O_TRUNC | O_ACCMODE) == 0
+    if plain:
+        # Read-only and no truncation: opening has no effect to undo, so
+        # open at once and decide on what was opened.
+        fd = _open_fast(root, full, flags, scratch.how, extra)
+        if fd >= 0:
+            # No symlink followed, no "..": the object is where the text says.
+            try:
+                for category in _categories(flags):
+                    s.check(n, category, os.fsdecode(full))
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd
+        fd = open_in_root(root, caller, full, flags & ~O_CLOEXEC, mode, scratch.how, extra)
+        try:
+            path = fd_path(fd)
+            if _anonymous(path):
+                return fd
+            check_proc(path, caller)
+            for category in _categories(flags):
+                s.check(n, category, path)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+    # Writing, truncating or creating an unnamed file: decide on an O_PATH
+    # descriptor first, then reopen that very object (no second lookup).
+    follow = not flags & O_NOFOLLOW
+    pfd = open_in_root(root, caller, full, O_PATH | (0 if follow else O_NOFOLLOW)
+                       | (flags & O_DIRECTORY), 0, scratch.how, extra)  # fmt: skip
+    try:
+        path = fd_path(pfd)
+        if not _anonymous(path):
+            check_proc(path, caller)
+            if tmpfile:
+                s.check(n, Category.CREATE, path)
+                s.check(n, Category.WRITE, path)
+            else:
+                for category in _categories(flags):
+                    s.check(n, category, path)
+        reflags = flags & ~(O_CLOEXEC | O_NOFOLLOW | O_CREAT | O_EXCL) | O_CLOEXEC
+        umask = _umask(n.pid) if tmpfile else 0
+        return os.open(f"/proc/self/fd/{pfd}", reflags, mode & ~umask)
+    finally:
+        os.close(pfd)
+
+
+def _open_fast(root: int, full: bytes, flags: int, how: OpenHow, extra: int) -> int:
+    """Open a normal path without following any symlink; -1 when the path
+    is not normal, is under /proc, or has a symlink (ELOOP): the caller
+    then resolves it fully and reads the opened object's path back."""
+    if full.startswith(b"/proc/") or full == b"/proc" or not normal(full):
+        return -1
+    how.flags = (flags & VALID_OPEN_FLAGS & ~O_CLOEXEC) | O_CLOEXEC
+    how.mode = 0
+    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | extra
+    try:
+        return openat2(root, full, how)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return -1
+        raise
+
+
+def _open_create(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller, root: int,
+                 full: bytes, flags: int, mode: int, extra: int) -> int:  # fmt: skip
+    scratch = _scratch(w)
+    if not flags & O_EXCL:
+        try:
+            return _open_existing(s, n, caller, root, full, flags & ~O_CREAT, mode, extra, scratch)
+        except FileNotFoundError:
+            pass
+    parent, name = split_parent(full)
+    dfd, dpath = _open_path(s, w, n, caller, parent, True, directory=True)
+    try:
+        target = dpath.rstrip("/") + "/" + os.fsdecode(name)
+        s.check(n, Category.CREATE, target)
+        for category in _categories(flags):
+            s.check(n, category, target)
+        how = scratch.how
+        how.flags = (flags & ~O_CLOEXEC) | O_CLOEXEC
+        how.mode = mode & ~_umask(n.pid)
+        # The last component is created here, beneath the parent we decided
+        # on; a symlink planted there meanwhile is not followed (ELOOP).
+        how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
+        return openat2(dfd, name, how)
+    finally:
+        os.close(dfd)
+
+
+def _umask(pid: int) -> int:
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
+
+
+# -- stat, access, readlink ----------------------------------------------------
+
+
+@handles("stat", "lstat", "newfstatat")
+def h_stat(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    nr, a = n.data.nr, n.data.args
+    if nr == _nr("newfstatat"):
+        dirfd, addr, buf, flags = _int(a[0]), a[1], a[2], a[3]
+    else:
+        dirfd, addr, buf = AT_FDCWD, a[0], a[1]
+        flags = AT_SYMLINK_NOFOLLOW if nr == _nr("lstat") else 0
+    fd, path = _object_fd(s, w, n, caller, dirfd, addr, not flags & AT_SYMLINK_NOFOLLOW,
+                          bool(flags & AT_EMPTY_PATH))  # fmt: skip
+    try:
+        if not _anonymous(path):
+            s.check(n, Category.STAT, path)
+        out = _scratch(w).stat
+        _syscall(_nr("newfstatat"), fd, b"", out, AT_EMPTY_PATH)
+        w.mem.write(n.pid, buf, out.raw[:STAT_SIZE])
+    finally:
+        os.close(fd)
+    _done(s, w, n)
+
+
+@handles("statx")
+def h_statx(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    a = n.data.args
+    dirfd, addr, flags, mask, buf = _int(a[0]), a[1], a[2] & 0xFFFFFFFF, a[3] & 0xFFFFFFFF, a[4]
+    fd, path = _object_fd(s, w, n, caller, dirfd, addr, not flags & AT_SYMLINK_NOFOLLOW,
+                          bool(flags & AT_EMPTY_PATH))  # fmt: skip
+    try:
+        if not _anonymous(path):
+            s.check(n, Category.STAT, path)
+        out = _scratch(w).stat
+        _syscall(_nr("statx"), fd, b"", AT_EMPTY_PATH | (flags & AT_STATX_SYNC_TYPE), mask, out)
+        w.mem.write(n.pid, buf, out.raw[:STATX_SIZE])
+    finally:
+        os.close(fd)
+    _done(s, w, n)
+
+
+@handles("statfs")
+def h_statfs(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    a = n.data.args
+    fd, path = _open_path(s, w, n, caller, _path_arg(s, w, n, AT_FDCWD, a[0]), True)
+    try:
+        s.check(n, Category.STAT, path)
+        out = _scratch(w).stat
+        _syscall(_nr("fstatfs"), fd, out)
+        w.mem.write(n.pid, a[1], out.raw[:STATFS_SIZE])
+    finally:
+        os.close(fd)
+    _done(s, w, n)
+
+
+@handles("access", "faccessat", "faccessat2")
+def h_access(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    nr, a = n.data.nr, n.data.args
+    if nr == _nr("access"):
+        dirfd, addr, mode, flags = AT_FDCWD, a[0], a[1], 0
+    else:
+        dirfd, addr, mode = _int(a[0]), a[1], a[2]
+        flags = a[3] & 0xFFFFFFFF if nr == _nr("faccessat2") else 0
+    fd, path = _object_fd(s, w, n, caller, dirfd, addr, not flags & AT_SYMLINK_NOFOLLOW,
+                          bool(flags & AT_EMPTY_PATH))  # fmt: skip
+    try:
+        if not _anonymous(path):
+            s.check(n, Category.STAT, path)
+        _syscall(_nr("faccessat2"), fd, b"", mode & 7, AT_EMPTY_PATH | (flags & AT_EACCESS))
+    finally:
+        os.close(fd)
+    _done(s, w, n)
+
+
+@handles("readlink", "readlinkat")
+def h_readlink(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    nr, a = n.data.nr, n.data.args
+    if nr == _nr("readlink"):
+        dirfd, addr, buf, size = AT_FDCWD, a[0], a[1], _int(a[2])
+    else:
+        dirfd, addr, buf, size = _int(a[0]), a[1], a[2], _int(a[3])
+    if size <= 0:
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+    full = _path_arg(s, w, n, dirfd, addr)
+    if full.startswith(b"/proc/"):
+        # Magic links (/proc/self/exe, /proc/self/fd/N, cwd, root) read as
+        # the caller's, through its own /proc directory.
+        target = _proc_readlink(caller, full)
+        if target is None:
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+        text = target
+    else:
+        fd, path = _open_path(s, w, n, caller, full, False)
+        try:
+            s.check(n, Category.STAT, path)
+            text = _readlinkat(fd)
+        finally:
+            os.close(fd)
+    data = text[:size]
+    w.mem.write(n.pid, buf, data)
+    _done(s, w, n, len(data))
+
+
+def _readlinkat(fd: int) -> bytes:
+    buf = ctypes.create_string_buffer(procmem.PATH_MAX)
+    length = _syscall(_nr("readlinkat"), fd, b"", buf, procmem.PATH_MAX)
+    return buf.raw[:length]
+
+
+def _proc_readlink(caller: Caller, full: bytes) -> bytes | None:
+    from stockade.supervisor.resolve import rewrite_self
+
+    text = os.fsdecode(rewrite_self(full, caller))
+    parts = text.split("/")
+    tgid, tid = caller.ids()
+    if len(parts) >= 3 and parts[2].isdigit() and int(parts[2]) in (tgid, tid):
+        host = "/".join(["", "proc", str(caller.tid), *parts[3:]])
+        return os.fsencode(os.readlink(host))
+    return None
+
+
+# -- exec, chdir -------------------------------------------------------------------
+
+
+@handles("execve", "execveat")
+def h_exec(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    nr, a = n.data.nr, n.data.args
+    if nr == _nr("execve"):
+        dirfd, addr, argv_addr, flags = AT_FDCWD, a[0], a[1], 0
+    else:
+        dirfd, addr, argv_addr, flags = _int(a[0]), a[1], a[2], a[4] & 0xFFFFFFFF
+    argv = _argv(w, n, argv_addr) if s.verbose else None
+    fd, path = _object_fd(s, w, n, caller, dirfd, addr, not flags & AT_SYMLINK_NOFOLLOW,
+                          bool(flags & AT_EMPTY_PATH))  # fmt: skip
+    os.close(fd)
+    s.check(n, Category.EXEC, path, argv)
+    w.resp.cont(s.listener, n.id)
+
+
+def _argv(w: Worker, n: notify.SeccompNotif, addr: int, limit: int = 256) -> tuple[str, ...]:
+    out: list[str] = []
+    while addr and len(out) < limit:
+        (ptr,) = struct.unpack("=Q", w.mem.read(n.pid, addr + 8 * len(out), 8))
+        if not ptr:
+            break
+        out.append(os.fsdecode(w.mem.cstring(n.pid, ptr, 4096)))
+    return tuple(out)
+
+
+@handles("chdir")
+def h_chdir(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    fd, path = _open_path(s, w, n, caller, _path_arg(s, w, n, AT_FDCWD, n.data.args[0]), True)
+    try:
+        # Decided before the type is told: ENOTDIR would reveal a hidden path.
+        s.check(n, Category.STAT, path)
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+    finally:
+        os.close(fd)
+    w.resp.cont(s.listener, n.id)
+
+
+@handles("fchdir")
+def h_fchdir(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    fd, path = _their_fd(s, w, n, _int(n.data.args[0]))
+    os.close(fd)
+    if not _anonymous(path):
+        s.check(n, Category.STAT, path)
+    w.resp.cont(s.listener, n.id)
+
+
+# -- metadata: mode, owner, times, xattrs ---------------------------------------
+
+
+@handles("chmod", "fchmodat", "fchmodat2")
+def h_chmod(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    nr, a = n.data.nr, n.data.args
+    if nr == _nr("chmod"):
+        dirfd, addr, mode, flags = AT_FDCWD, a[0], a[1], 0
+    else:
+        dirfd, addr, mode = _int(a[0]), a[1], a[2]
+        flags = a[3] & 0xFFFFFFFF if nr == _nr("fchmodat2") else 0
+    fd, path = _object_fd(s, w, n, caller, dirfd, addr, not flags & AT_SYMLINK_NOFOLLOW,
+                          bool(flags & AT_EMPTY_PATH))  # fmt: skip
+    try:
+        s.check(n, Category.WRITE, path)
+        _syscall(_nr("fchmodat2"), fd, b"", mode & 0o7777, AT_EMPTY_PATH)
+    finally:
+        os.close(fd)
+    _done(s, w, n)
+
+
+@handles("chown", "lchown", "fchownat")
+def h_chown(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    nr, a = n.data.nr, n.data.args
+    if nr == _nr("fchownat"):
+        dirfd, addr, uid, gid, flags = _int(a[0]), a[1], a[2], a[3], a[4] & 0xFFFFFFFF
+    else:
+        dirfd, addr, uid, gid = AT_FDCWD, a[0], a[1], a[2]
+        flags = AT_SYMLINK_NOFOLLOW if nr == _nr("lchown") else 0
+    fd, path = _object_fd(s, w, n, caller, dirfd, addr, not flags & AT_SYMLINK_NOFOLLOW,
+                          bool(flags & AT_EMPTY_PATH))  # fmt: skip
+    try:
+        s.check(n, Category.WRITE, path)
+        _syscall(_nr("fchownat"), fd, b"", uid & 0xFFFFFFFF, gid & 0xFFFFFFFF, AT_EMPTY_PATH)
+    finally:
+        os.close(fd)
+    _done(s, w, n)
+
+
+@handles("fchmod", "fchown", "fsetxattr", "fremovexattr")
+def h_fd_metadata(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    nr, a = n.data.nr, n.data.args
+    fd, path = _their_fd(s, w, n, _int(a[0]))
+    try:
+        if not _anonymous(path):
+            s.check(n, Category.WRITE, path)
+        if nr == _nr("fchmod"):
+            _syscall(_nr("fchmod"), fd, a[1] & 0o7777)
+        elif nr == _nr("fchown"):
+            _syscall(_nr("fchown"), fd, a[1] & 0xFFFFFFFF, a[2] & 0xFFFFFFFF)
+        elif nr == _nr("fsetxattr"):
+            name, value = _xattr_args(w, n, a[1], a[2], a[3])
+            s.valid(w, n)
+            os.setxattr(fd, name, value, _int(a[4]))
+        else:
+            name = os.fsdecode(w.mem.cstring(n.pid, a[1], 256))
+            s.valid(w, n)
+            os.removexattr(fd, name)
+    finally:
+        os.close(fd)
+    _done(s, w, n)
+
+
+@handles("utime", "utimes", "futimesat", "utimensat")
+def h_utimes(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    nr, a = n.data.nr, n.data.args
+    flags = 0
+    if nr == _nr("utimensat"):
+        dirfd, addr, times_addr, flags = _int(a[0]), a[1], a[2], a[3] & 0xFFFFFFFF
+    elif nr == _nr("futimesat"):
+        dirfd, addr, times_addr = _int(a[0]), a[1], a[2]
+    else:
+        dirfd, addr, times_addr = AT_FDCWD, a[0], a[1]
+    times = b""
+    if times_addr:
+        if nr == _nr("utimensat"):
+            times = w.mem.read(n.pid, times_addr, 32)
+        elif nr == _nr("utime"):
+            actime, modtime = struct.unpack("=qq", w.mem.read(n.pid, times_addr, 16))
+            times = struct.pack("=qqqq", actime, 0, modtime, 0)
+        else:
+            s0, u0, s1, u1 = struct.unpack("=qqqq", w.mem.read(n.pid, times_addr, 32))
+            if not (0 <= u0 < 1000000 and 0 <= u1 < 1000000):
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            times = struct.pack("=qqqq", s0, u0 * 1000, s1, u1 * 1000)
+    if nr == _nr("utimensat") and addr == 0:
+        # utimensat(fd, NULL, ...): the descriptor itself.
+        s.valid(w, n)
+        fd, path = _their_fd(s, w, n, dirfd)
+    else:
+        fd, path = _object_fd(s, w, n, caller, dirfd, addr, not flags & AT_SYMLINK_NOFOLLOW,
+                              bool(flags & AT_EMPTY_PATH))  # fmt: skip
+    try:
+        if not _anonymous(path):
+            s.check(n, Category.WRITE, path)
+        tbuf = ctypes.create_string_buffer(times, 32) if times else None
+        _syscall(_nr("utimensat"), fd, b"", tbuf, AT_EMPTY_PATH)
+    finally:
+        os.close(fd)
+    _done(s, w, n)
+
+
+def _xattr_args(w: Worker, n: notify.SeccompNotif, name_addr: int, value_addr: int,
+                size: int) -> tuple[str, bytes]:  # fmt: skip
+    name = os.fsdecode(w.mem.cstring(n.pid, name_addr, 256))
+    if size > XATTR_SIZE_MAX:
+        raise OSError(errno.E2BIG, os.strerror(errno.E2BIG))
+    value = _read_large(w, n, value_addr, size) if size else b""
+    return name, value
+
+
+def _read_large(w: Worker, n: notify.SeccompNotif, addr: int, size: int) -> bytes:
+    if size <= 4096:
+        return w.mem.read(n.pid, addr, size)
+    return procmem.MemReader(size).read(n.pid, addr, size)
+
+
+@handles("setxattr", "lsetxattr", "removexattr", "lremovexattr")
+def h_xattr_set(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    nr, a = n.data.nr, n.data.args
+    follow = nr in (_nr("setxattr"), _nr("removexattr"))
+    setting = nr in (_nr("setxattr"), _nr("lsetxattr"))
+    full = w.mem.cstring(n.pid, a[0])
+    if setting:
+        name, value = _xattr_args(w, n, a[1], a[2], a[3])
+    else:
+        name, value = os.fsdecode(w.mem.cstring(n.pid, a[1], 256)), b""
+    if not full:
+        raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+    full = absolute(n.pid, AT_FDCWD, full)
+    s.valid(w, n)
+    fd, path = _open_path(s, w, n, caller, full, follow)
+    try:
+        s.check(n, Category.WRITE, path)
+        target = f"/proc/self/fd/{fd}"
+        if setting:
+            os.setxattr(target, name, value, _int(a[4]))
+        else:
+            os.removexattr(target, name)
+    finally:
+        os.close(fd)
+    _done(s, w, n)
+
+
+@handles("getxattr", "lgetxattr", "listxattr", "llistxattr", "fgetxattr", "flistxattr")
+def h_xattr_get(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    nr, a = n.data.nr, n.data.args
+    getting = nr in (_nr("getxattr"), _nr("lgetxattr"), _nr("fgetxattr"))
+    if nr in (_nr("fgetxattr"), _nr("flistxattr")):
+        fd, path = _their_fd(s, w, n, _int(a[0]))
+    else:
+        follow = nr in (_nr("getxattr"), _nr("listxattr"))
+        fd, path = _open_path(s, w, n, caller, _path_arg(s, w, n, AT_FDCWD, a[0]), follow)
+    try:
+        if not _anonymous(path):
+            s.check(n, Category.STAT, path)
+        target = f"/proc/self/fd/{fd}"
+        if getting:
+            name = os.fsdecode(w.mem.cstring(n.pid, a[1], 256))
+            s.valid(w, n)
+            data = os.getxattr(target, name)
+            buf, size = a[2], a[3]
+        else:
+            names = os.listxattr(target)
+            data = b"".join(os.fsencode(x) + b"\0" for x in names)
+            buf, size = a[1], a[2]
+    finally:
+        os.close(fd)
+    if size == 0:
+        _done(s, w, n, len(data))
+        return
+    if len(data) > size:
+        raise OSError(errno.ERANGE, os.strerror(errno.ERANGE))
+    if data:
+        w.mem.write(n.pid, buf, data)
+    _done(s, w, n, len(data))
+
+
+@handles("truncate")
+def h_truncate(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    a = n.data.args
+    fd, path = _open_path(s, w, n, caller, _path_arg(s, w, n, AT_FDCWD, a[0]), True)
+    try:
+        s.check(n, Category.WRITE, path)
+        os.truncate(f"/proc/self/fd/{fd}", a[1] if a[1] < (1 << 63) else a[1] - (1 << 64))
+    finally:
+        os.close(fd)
+    _done(s, w, n)
+
+
+# -- names: create, delete, rename, link -----------------------------------------
+
+
+def _parent(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller,
+            full: bytes) -> tuple[int, bytes, str]:  # fmt: skip
+    """``(parent fd, last component, path of the entry)`` for *full*."""
+    parent, name = split_parent(full)
+    dfd, dpath = _open_path(s, w, n, caller, parent, True, directory=True)
+    return dfd, name, dpath.rstrip("/") + "/" + os.fsdecode(name)
+
+
+@handles("mkdir", "mkdirat", "mknod", "mknodat")
+def h_mknod(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    nr, a = n.data.nr, n.data.args
+    if nr in (_nr("mkdir"), _nr("mknod")):
+        dirfd, addr, mode, dev = AT_FDCWD, a[0], a[1] & 0xFFFFFFFF, a[2]
+    else:
+        dirfd, addr, mode, dev = _int(a[0]), a[1], a[2] & 0xFFFFFFFF, a[3]
+    full = _path_arg(s, w, n, dirfd, addr)
+    dfd, name, target = _parent(s, w, n, caller, full)
+    try:
+        s.check(n, Category.CREATE, target)
+        umask = _umask(n.pid)
+        if nr in (_nr("mkdir"), _nr("mkdirat")):
+            os.mkdir(name, (mode & 0o7777) & ~umask, dir_fd=dfd)
+        else:
+            _syscall(_nr("mknodat"), dfd, name, (mode & ~0o7777) | ((mode & 0o7777) & ~umask),
+                     dev & 0xFFFFFFFF)  # fmt: skip
+    finally:
+        os.close(dfd)
+    _done(s, w, n)
+
+
+@handles("unlink", "unlinkat", "rmdir")
+def h_unlink(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    nr, a = n.data.nr, n.data.args
+    if nr == _nr("unlinkat"):
+        dirfd, addr, flags = _int(a[0]), a[1], a[2] & 0xFFFFFFFF
+    else:
+        dirfd, addr = AT_FDCWD, a[0]
+        flags = AT_REMOVEDIR if nr == _nr("rmdir") else 0
+    full = _path_arg(s, w, n, dirfd, addr)
+    dfd, name, target = _parent(s, w, n, caller, full)
+    try:
+        s.check(n, Category.DELETE, target)
+        _syscall(_nr("unlinkat"), dfd, name, flags & AT_REMOVEDIR)
+    finally:
+        os.close(dfd)
+    _done(s, w, n)
+
+
+@handles("rename", "renameat", "renameat2")
+def h_rename(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    nr, a = n.data.nr, n.data.args
+    if nr == _nr("rename"):
+        od, oa, nd, na, flags = AT_FDCWD, a[0], AT_FDCWD, a[1], 0
+    else:
+        od, oa, nd, na = _int(a[0]), a[1], _int(a[2]), a[3]
+        flags = a[4] & 0xFFFFFFFF if nr == _nr("renameat2") else 0
+    old = absolute(n.pid, od, _nonempty(w.mem.cstring(n.pid, oa)))
+    new = absolute(n.pid, nd, _nonempty(w.mem.cstring(n.pid, na)))
+    s.valid(w, n)
+    ofd, oname, otarget = _parent(s, w, n, caller, old)
+    try:
+        nfd, nname, ntarget = _parent(s, w, n, caller, new)
+        try:
+            s.check(n, Category.DELETE, otarget)
+            s.check(n, Category.CREATE, ntarget)
+            s.check_move(n, otarget, ntarget, _is_dir(ofd, oname))
+            if flags & RENAME_EXCHANGE:
+                s.check(n, Category.DELETE, ntarget)
+                s.check(n, Category.CREATE, otarget)
+                s.check_move(n, ntarget, otarget, _is_dir(nfd, nname))
+            elif _exists(nfd, nname):
+                s.check(n, Category.WRITE, ntarget)
+                s.check(n, Category.DELETE, ntarget)
+            _syscall(_nr("renameat2"), ofd, oname, nfd, nname, flags)
+        finally:
+            os.close(nfd)
+    finally:
+        os.close(ofd)
+    _done(s, w, n)
+
+
+def _nonempty(path: bytes) -> bytes:
+    if not path:
+        raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+    return path
+
+
+def _is_dir(dfd: int, name: bytes) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _exists(dfd: int, name: bytes) -> bool:
+    try:
+        os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+@handles("link", "linkat")
+def h_link(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    nr, a = n.data.nr, n.data.args
+    if nr == _nr("link"):
+        od, oa, nd, na, flags = AT_FDCWD, a[0], AT_FDCWD, a[1], 0
+    else:
+        od, oa, nd, na, flags = _int(a[0]), a[1], _int(a[2]), a[3], a[4] & 0xFFFFFFFF
+    opath = w.mem.cstring(n.pid, oa)
+    new = absolute(n.pid, nd, _nonempty(w.mem.cstring(n.pid, na)))
+    s.valid(w, n)
+    if not opath and flags & AT_EMPTY_PATH:
+        sfd, spath = _their_fd(s, w, n, od)
+    else:
+        old = absolute(n.pid, od, _nonempty(opath))
+        sfd, spath = _open_path(s, w, n, caller, old, bool(flags & AT_SYMLINK_FOLLOW))
+    try:
+        dfd, name, target = _parent(s, w, n, caller, new)
+        try:
+            s.check(n, Category.CREATE, target)
+            # A new name must not grant what the old one did not.
+            s.check_move(n, spath, target, False)
+            _syscall(_nr("linkat"), AT_FDCWD, f"/proc/self/fd/{sfd}".encode(), dfd, name,
+                     AT_SYMLINK_FOLLOW)  # fmt: skip
+        finally:
+            os.close(dfd)
+    finally:
+        os.close(sfd)
+    _done(s, w, n)
+
+
+@handles("symlink", "symlinkat")
+def h_symlink(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    nr, a = n.data.nr, n.data.args
+    if nr == _nr("symlink"):
+        ta, nd, na = a[0], AT_FDCWD, a[1]
+    else:
+        ta, nd, na = a[0], _int(a[1]), a[2]
+    text = _nonempty(w.mem.cstring(n.pid, ta))
+    new = absolute(n.pid, nd, _nonempty(w.mem.cstring(n.pid, na)))
+    s.valid(w, n)
+    dfd, name, target = _parent(s, w, n, caller, new)
+    try:
+        s.check(n, Category.CREATE, target)
+        os.symlink(text, name, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+    _done(s, w, n)
+
+
+# -- watches, ioctl, calls too new to broker ----------------------------------------
+
+
+@handles("inotify_add_watch")
+def h_inotify(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    a = n.data.args
+    mask = a[2] & 0xFFFFFFFF
+    full = _path_arg(s, w, n, AT_FDCWD, a[1])
+    fd, path = _open_path(s, w, n, caller, full, not mask & IN_DONT_FOLLOW)
+    try:
+        s.check(n, Category.STAT, path)
+        ino, _ = _their_fd(s, w, n, _int(a[0]))
+        try:
+            wd = _syscall(_nr("inotify_add_watch"), ino, f"/proc/self/fd/{fd}".encode(),
+                          mask & ~IN_DONT_FOLLOW)  # fmt: skip
+        finally:
+            os.close(ino)
+    finally:
+        os.close(fd)
+    _done(s, w, n, wd)
+
+
+@handles("ioctl")
+def h_ioctl(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    fd, path = _their_fd(s, w, n, _int(n.data.args[0]))
+    os.close(fd)
+    if path.startswith("/dev/"):
+        s.check(n, Category.IOCTL, path)
+    w.resp.cont(s.listener, n.id)
+
+
+@handles("setxattrat", "getxattrat", "listxattrat", "removexattrat", "file_getattr",
+         "file_setattr")  # fmt: skip
+def h_too_new(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    # The C library falls back to the older calls, which are brokered.
+    raise Denied(errno.ENOSYS)

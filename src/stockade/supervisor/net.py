@@ -1,0 +1,385 @@
+"""Socket handlers: connect, bind, listen and addressed sends, brokered.
+
+The supervisor takes the caller's socket with ``pidfd_getfd`` (the same
+open file description, so the caller's socket is the one connected,
+bound or sent on) and performs the call itself with the address it read
+and decided on: the kernel never reads the caller's sockaddr again.
+
+- A UNIX socket by path is decided as ``write`` on the socket file
+  resolved in the sandbox's view, and reached through our O_PATH
+  descriptor on it (``/proc/self/fd/N``), so no rename or symlink swap
+  redirects it.  The peer sees the supervisor's pid in SO_PEERCRED (same
+  user).
+- inet addresses are decided by the plan's network rules: ``net/connect``
+  for stream sockets, ``net/send`` for datagrams, ``net/bind`` for bind,
+  and for ``listen`` on a socket with no port yet (it would bind an
+  ephemeral port that Landlock never sees).
+- Abstract and unnamed UNIX addresses are continued: Landlock scopes
+  abstract sockets to the sandbox, and the supervisor, which has no
+  Landlock domain, must not connect them itself.  The kernel then reads
+  the address again, so a thread that swaps an abstract address for a
+  path between our read and the kernel's reaches a path socket
+  unchecked: a known gap (docs/guide.md).
+"""
+
+from __future__ import annotations
+
+# _socket, not socket (and ipaddress only when an address is read): the
+# default profile imports this module on every run.
+import _socket
+import array
+import ctypes
+import errno
+import os
+import struct
+from typing import Any
+
+from stockade.kernel import notify, procmem, syscalls
+from stockade.policy.model import Category
+from stockade.supervisor import fs
+from stockade.supervisor.engine import Worker
+from stockade.supervisor.resolve import AT_FDCWD, Caller, absolute
+from stockade.supervisor.session import SandboxSession, handles
+
+AF_UNIX = _socket.AF_UNIX
+AF_INET = _socket.AF_INET
+AF_INET6 = _socket.AF_INET6
+SOCK_STREAM = _socket.SOCK_STREAM
+SOL_SOCKET = _socket.SOL_SOCKET
+SCM_RIGHTS = _socket.SCM_RIGHTS
+SOCKADDR_MAX = 128
+MSGHDR = struct.Struct("=QI4xQQQQi4x")  # name, namelen, iov, iovlen, control, controllen, flags
+MMSGHDR_SIZE = 64
+MAX_SEND = 1 << 24
+
+_nr = syscalls.nr
+_syscall = fs._syscall
+
+
+def _sockaddr(w: Worker, n: notify.SeccompNotif, addr: int, length: int) -> bytes:
+    if length < 2 or length > SOCKADDR_MAX:
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+    return w.mem.read(n.pid, addr, length)
+
+
+class _Target:
+    """A decided destination: what to pass to the kernel instead of the
+    caller's sockaddr, and the descriptor that pins a UNIX socket file."""
+
+    def __init__(self, raw: bytes, pin: int = -1, passthrough: bool = False) -> None:
+        self.raw = raw
+        self.pin = pin
+        #: An abstract or unnamed UNIX address: continue the call.
+        self.passthrough = passthrough
+
+    def close(self) -> None:
+        if self.pin >= 0:
+            os.close(self.pin)
+            self.pin = -1
+
+
+def _decide(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller, raw: bytes,
+            sock_type: int, category: Category | None) -> _Target:  # fmt: skip
+    """Decide the address *raw*; *category* overrides the inet category."""
+    family = struct.unpack_from("=H", raw)[0]
+    if family == AF_UNIX:
+        path = raw[2:].split(b"\0", 1)[0]
+        if len(raw) <= 2 or raw[2] == 0:
+            return _Target(raw, passthrough=True)
+        full = absolute(n.pid, AT_FDCWD, path)
+        s.valid(w, n)
+        pin, resolved = fs._open_path(s, w, n, caller, full, True)
+        try:
+            s.check(n, Category.WRITE, resolved)
+        except BaseException:
+            os.close(pin)
+            raise
+        via = f"/proc/self/fd/{pin}".encode()
+        return _Target(struct.pack("=H", AF_UNIX) + via + b"\0", pin)
+    s.valid(w, n)
+    if family in (AF_INET, AF_INET6):
+        if family == AF_INET:
+            if len(raw) < 16:
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            port = struct.unpack_from("!H", raw, 2)[0]
+            address = _ip_text(raw[4:8])
+        else:
+            if len(raw) < 24:
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            port = struct.unpack_from("!H", raw, 2)[0]
+            address = _ip_text(raw[8:24])
+        if category is None:
+            category = Category.NET_CONNECT if sock_type == SOCK_STREAM else Category.NET_SEND
+        s.check_net(n, category, family, address, port)
+    return _Target(raw)
+
+
+def _ip_text(packed: bytes) -> str:
+    import ipaddress
+
+    return str(ipaddress.ip_address(packed))
+
+
+def _getsockopt_type(fd: int) -> int:
+    val = ctypes.c_int()
+    size = ctypes.c_uint32(4)
+    _syscall(_nr("getsockopt"), fd, SOL_SOCKET, _socket.SO_TYPE, ctypes.byref(val),
+             ctypes.byref(size))  # fmt: skip
+    return val.value
+
+
+MSG_NOSIGNAL = 0x4000
+SIGPIPE = 13
+
+
+def _sigpipe(n: notify.SeccompNotif, err: OSError, flags: int) -> None:
+    """A send that fails with EPIPE raises SIGPIPE in the sender, unless
+    MSG_NOSIGNAL: we sent it, so the calling thread gets the signal, to be
+    delivered when its call returns EPIPE (as the kernel would)."""
+    if err.errno != errno.EPIPE or flags & MSG_NOSIGNAL:
+        return
+    pidfd = procmem.pidfd_open(n.pid, thread=True)
+    try:
+        _syscall(_nr("pidfd_send_signal"), pidfd, SIGPIPE, None, 0)
+    finally:
+        os.close(pidfd)
+
+
+@handles("connect")
+def h_connect(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    a = n.data.args
+    raw = _sockaddr(w, n, a[1], a[2] & 0xFFFFFFFF)
+    sock, _path = fs._their_fd(s, w, n, fs._int(a[0]))
+    try:
+        target = _decide(s, w, n, caller, raw, _getsockopt_type(sock), None)
+        try:
+            if target.passthrough:
+                w.resp.cont(s.listener, n.id)
+                return
+            buf = ctypes.create_string_buffer(target.raw, len(target.raw))
+            _syscall(_nr("connect"), sock, buf, len(target.raw))
+        finally:
+            target.close()
+    finally:
+        os.close(sock)
+    fs._done(s, w, n)
+
+
+@handles("bind")
+def h_bind(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    a = n.data.args
+    raw = _sockaddr(w, n, a[1], a[2] & 0xFFFFFFFF)
+    sock, _path = fs._their_fd(s, w, n, fs._int(a[0]))
+    try:
+        family = struct.unpack_from("=H", raw)[0]
+        if family == AF_UNIX and len(raw) > 2 and raw[2] != 0:
+            _bind_path(s, w, n, caller, sock, raw)
+        else:
+            target = _decide(s, w, n, caller, raw, 0, Category.NET_BIND)
+            if target.passthrough:
+                w.resp.cont(s.listener, n.id)
+                return
+            buf = ctypes.create_string_buffer(target.raw, len(target.raw))
+            _syscall(_nr("bind"), sock, buf, len(target.raw))
+    finally:
+        os.close(sock)
+    fs._done(s, w, n)
+
+
+def _bind_path(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller, sock: int,
+               raw: bytes) -> None:  # fmt: skip
+    full = absolute(n.pid, AT_FDCWD, raw[2:].split(b"\0", 1)[0])
+    s.valid(w, n)
+    dfd, name, target = fs._parent(s, w, n, caller, full)
+    try:
+        s.check(n, Category.CREATE, target)
+        s.check(n, Category.WRITE, target)
+        via = f"/proc/self/fd/{dfd}/".encode() + name
+        if len(via) > 107:
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
+        addr = struct.pack("=H", AF_UNIX) + via + b"\0"
+        # The socket file takes the caller's umask, set on this worker only.
+        old = os.umask(fs._umask(n.pid))
+        try:
+            buf = ctypes.create_string_buffer(addr, len(addr))
+            _syscall(_nr("bind"), sock, buf, len(addr))
+        finally:
+            os.umask(old)
+    finally:
+        os.close(dfd)
+
+
+@handles("listen")
+def h_listen(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    a = n.data.args
+    sock, _path = fs._their_fd(s, w, n, fs._int(a[0]))
+    try:
+        name = ctypes.create_string_buffer(SOCKADDR_MAX)
+        size = ctypes.c_uint32(SOCKADDR_MAX)
+        _syscall(_nr("getsockname"), sock, name, ctypes.byref(size))
+        raw = name.raw[: size.value]
+        family = struct.unpack_from("=H", raw)[0] if len(raw) >= 2 else 0
+        if family in (AF_INET, AF_INET6) and struct.unpack_from("!H", raw, 2)[0] == 0:
+            # Unbound: listen would bind an ephemeral port by itself.
+            address = "0.0.0.0" if family == AF_INET else "::"  # noqa: S104 - any address: what an unbound socket gets
+            s.check_net(n, Category.NET_BIND, family, address, 0)
+        _syscall(_nr("listen"), sock, fs._int(a[1]))
+    finally:
+        os.close(sock)
+    fs._done(s, w, n)
+
+
+@handles("sendto")
+def h_sendto(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    a = n.data.args
+    length = a[2]
+    if length > MAX_SEND:
+        raise OSError(errno.EMSGSIZE, os.strerror(errno.EMSGSIZE))
+    data = fs._read_large(w, n, a[1], length) if length else b""
+    raw = _sockaddr(w, n, a[4], a[5] & 0xFFFFFFFF)
+    sock, _path = fs._their_fd(s, w, n, fs._int(a[0]))
+    try:
+        target = _decide(s, w, n, caller, raw, _getsockopt_type(sock), None)
+        try:
+            if target.passthrough:
+                w.resp.cont(s.listener, n.id)
+                return
+            dbuf = ctypes.create_string_buffer(data, max(len(data), 1))
+            abuf = ctypes.create_string_buffer(target.raw, len(target.raw))
+            try:
+                sent = _syscall(_nr("sendto"), sock, dbuf, len(data), a[3] & 0xFFFFFFFF, abuf,
+                                len(target.raw))  # fmt: skip
+            except OSError as err:
+                _sigpipe(n, err, a[3])
+                raise
+        finally:
+            target.close()
+    finally:
+        os.close(sock)
+    fs._done(s, w, n, sent)
+
+
+def _sendmsg_one(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller,
+                 sock: int, sock_type: int, hdr_addr: int, flags: int) -> int | None:  # fmt: skip
+    """Send one ``struct msghdr`` of the caller's; None when it must be
+    continued instead (an abstract address)."""
+    name, namelen, iov, iovlen, control, controllen, _ = MSGHDR.unpack(
+        w.mem.read(n.pid, hdr_addr, MSGHDR.size)
+    )
+    if iovlen > 1024:
+        raise OSError(errno.EMSGSIZE, os.strerror(errno.EMSGSIZE))
+    chunks: list[bytes] = []
+    total = 0
+    for i in range(iovlen):
+        base, length = struct.unpack("=QQ", w.mem.read(n.pid, iov + 16 * i, 16))
+        total += length
+        if total > MAX_SEND:
+            raise OSError(errno.EMSGSIZE, os.strerror(errno.EMSGSIZE))
+        chunks.append(fs._read_large(w, n, base, length) if length else b"")
+    ancillary: list[tuple[int, int, bytes]] = []
+    theirs: list[int] = []
+    try:
+        if control and controllen:
+            if controllen > 65536:
+                raise OSError(errno.ENOBUFS, os.strerror(errno.ENOBUFS))
+            cdata = fs._read_large(w, n, control, controllen)
+            off = 0
+            while off + 16 <= len(cdata):
+                clen, level, kind = struct.unpack_from("=Qii", cdata, off)
+                if clen < 16 or off + clen > len(cdata):
+                    raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+                payload = cdata[off + 16 : off + clen]
+                if level == SOL_SOCKET and kind == SCM_RIGHTS:
+                    numbers = array.array("i")
+                    numbers.frombytes(payload[: len(payload) - len(payload) % 4])
+                    mine = array.array("i")
+                    for number in numbers:
+                        fd, _ = fs._their_fd(s, w, n, number)
+                        theirs.append(fd)
+                        mine.append(fd)
+                    payload = mine.tobytes()
+                ancillary.append((level, kind, payload))
+                off += (clen + 7) & ~7
+        target = None
+        if name and namelen:
+            target = _decide(s, w, n, caller, _sockaddr(w, n, name, namelen), sock_type, None)
+            if target.passthrough:
+                target.close()
+                return None
+        else:
+            s.valid(w, n)
+        py = _socket.socket(fileno=os.dup(sock))
+        try:
+            address = _py_address(target.raw) if target is not None else None
+            if address is None:
+                return py.sendmsg(chunks, ancillary, flags)
+            return py.sendmsg(chunks, ancillary, flags, address)
+        finally:
+            py.close()
+            if target is not None:
+                target.close()
+    finally:
+        for fd in theirs:
+            os.close(fd)
+
+
+def _py_address(raw: bytes) -> Any:
+    family = struct.unpack_from("=H", raw)[0]
+    if family == AF_UNIX:
+        return raw[2:].split(b"\0", 1)[0]
+    if family == AF_INET:
+        return (_ip_text(raw[4:8]), struct.unpack_from("!H", raw, 2)[0])
+    if family == AF_INET6:
+        (flow,) = struct.unpack_from("=I", raw, 4)
+        (scope,) = struct.unpack_from("=I", raw, 24) if len(raw) >= 28 else (0,)
+        return (_ip_text(raw[8:24]), struct.unpack_from("!H", raw, 2)[0],
+                flow, scope)  # fmt: skip
+    raise OSError(errno.EAFNOSUPPORT, os.strerror(errno.EAFNOSUPPORT))
+
+
+@handles("sendmsg")
+def h_sendmsg(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    a = n.data.args
+    sock, _path = fs._their_fd(s, w, n, fs._int(a[0]))
+    try:
+        sent = _sendmsg_one(s, w, n, caller, sock, _getsockopt_type(sock), a[1],
+                            a[2] & 0xFFFFFFFF)  # fmt: skip
+    except OSError as err:
+        _sigpipe(n, err, a[2])
+        raise
+    finally:
+        os.close(sock)
+    if sent is None:
+        w.resp.cont(s.listener, n.id)
+        return
+    fs._done(s, w, n, sent)
+
+
+@handles("sendmmsg")
+def h_sendmmsg(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
+    a = n.data.args
+    vlen = min(a[2] & 0xFFFFFFFF, 1024)
+    flags = a[3] & 0xFFFFFFFF
+    sock, _path = fs._their_fd(s, w, n, fs._int(a[0]))
+    count = 0
+    try:
+        stype = _getsockopt_type(sock)
+        for i in range(vlen):
+            entry = a[1] + MMSGHDR_SIZE * i
+            try:
+                sent = _sendmsg_one(s, w, n, caller, sock, stype, entry, flags)
+            except OSError as err:
+                if count:
+                    break
+                _sigpipe(n, err, flags)
+                raise
+            if sent is None:
+                if count:
+                    break
+                w.resp.cont(s.listener, n.id)
+                return
+            w.mem.write(n.pid, entry + MSGHDR.size, struct.pack("=I", sent))
+            count += 1
+    finally:
+        os.close(sock)
+    fs._done(s, w, n, count)
