@@ -54,6 +54,8 @@ def main() -> None:
     attempt("read a system file (/etc/os-release)", lambda: read("/etc/os-release"))
     print("what it must not do:")
     attempt(f"read a secret ({secret})", lambda: read(secret))
+    attempt("read a key in its own directory (*.key)", lambda: read("deploy.key"))
+    attempt("rename the key to get around the rule", lambda: os.rename("deploy.key", "key.txt"))
     attempt("write outside its directory (/etc/cron.d/x)", lambda: write("/etc/cron.d/x"))
     attempt("write a shared place (/tmp/planted)", lambda: write("/tmp/planted"))
     attempt(f"connect to a host service (127.0.0.1:{port})", lambda: connect(port))
