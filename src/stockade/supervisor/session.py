@@ -113,6 +113,11 @@ class SandboxSession(Session):
 
     # -- helpers for handlers -------------------------------------------------
 
+    @property
+    def quiet_net(self) -> bool:
+        """An allowed network access makes no event (:meth:`check_net`)."""
+        return not self._all_allowed
+
     def root_fd(self, worker: Worker, notif: notify.SeccompNotif) -> int:
         """Our descriptor on the sandbox's root directory (opened once)."""
         fd = self._root_fd
