@@ -25,6 +25,7 @@ decision).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -114,7 +115,6 @@ def listeners(workdir: Path) -> Iterator[tuple[_Listener, _Listener, str]]:
     path = str(denied_dir / "s")
     unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     unix.bind(path)
-    os.chmod(path, 0o777)
     unix.listen(128)
     tcp = socket.socket()
     tcp.bind(("127.0.0.1", 0))
@@ -157,3 +157,80 @@ def test_racing_the_buffer_and_the_descriptor_never_reaches_a_denied_unix_socket
     assert counts.get("unix:ok", 0) == 0, counts
     denials = [d for d in res.denials if d.category == "write" and d.syscall == "connect"]
     assert denials and denials[0].target == path
+
+
+SHARED = """
+import mmap, time, struct
+PATH, PORT, SECONDS = {path!r}, {port}, {seconds}
+SIZE = 110
+unix = struct.pack("=H", socket.AF_UNIX) + PATH.encode()
+inet = struct.pack("=H", socket.AF_INET) + struct.pack("!H", PORT) + bytes([127, 0, 0, 1])
+unix, inet = unix.ljust(SIZE, b"\\0"), inet.ljust(SIZE, b"\\0")
+# Memory shared with a second process, which flips it: this process keeps
+# one thread, so its inet connects take the supervisor's fast path.
+mem = mmap.mmap(-1, 4096)
+buf = (ctypes.c_char * SIZE).from_buffer(mem)
+buf[:] = inet
+stop = time.monotonic() + SECONDS
+pid = os.fork()
+if pid == 0:
+    while time.monotonic() < stop:
+        buf[:] = unix
+        buf[:] = inet
+    os._exit(0)
+counts = {{}}
+while time.monotonic() < stop:
+    for family in (socket.AF_INET, socket.AF_UNIX):
+        s = socket.socket(family, socket.SOCK_STREAM)
+        ret = libc.syscall(ctypes.c_long(42), ctypes.c_long(s.fileno()), buf, ctypes.c_long(SIZE))
+        name = "inet" if family == socket.AF_INET else "unix"
+        key = name + ":" + ("ok" if ret == 0 else errno.errorcode.get(ctypes.get_errno(), "?"))
+        counts[key] = counts.get(key, 0) + 1
+        s.close()
+os.waitpid(pid, 0)
+attempt("counts", lambda: json.dumps(counts))
+"""
+
+
+def test_a_single_threaded_caller_racing_shared_memory_never_reaches_a_denied_unix_socket(
+    workdir: Path, listeners: tuple[_Listener, _Listener, str]
+) -> None:
+    denied, allowed, path = listeners
+    port = allowed.sock.getsockname()[1]
+    writable = workdir / "ok"
+    writable.mkdir()
+    res, v = run_probe(
+        SHARED.format(path=path, port=port, seconds=SECONDS),
+        write=[str(writable)],
+        net_allow=[f"*:{port}"],
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    counts = json.loads(v["counts"]["value"])
+    assert denied.accepted == 0, counts
+    assert allowed.accepted > 0 and counts.get("inet:ok", 0) > 0, counts
+    assert counts.get("unix:EACCES", 0) > 0 and counts.get("unix:ok", 0) == 0, counts
+
+
+def test_a_descriptor_table_is_shared_only_by_threads() -> None:
+    # What lets the fast path trust a one-thread caller's table: no other
+    # process can share it (plan/filter.py refuses CLONE_FILES alone).
+    _, v = run_probe(
+        """
+import threading
+SIGCHLD, CLONE_FILES, CLONE_VM, CLONE_VFORK = 17, 0x400, 0x100, 0x4000
+def child(flags):
+    pid = sys_call(56, flags, 0, 0, 0, 0)
+    if pid == 0:
+        os._exit(7)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+attempt("shared table", lambda: child(SIGCHLD | CLONE_FILES))
+attempt("fork", lambda: child(SIGCHLD))
+t = threading.Thread(target=lambda: None)
+t.start()
+attempt("thread", lambda: t.join())
+"""
+    )
+    assert v["shared table"]["errno"] == errno.EPERM
+    assert v["fork"] == {"name": "fork", "errno": 0, "value": 7}
+    assert v["thread"]["errno"] == 0

@@ -39,7 +39,7 @@ from stockade.policy.model import Category
 from stockade.supervisor import fs
 from stockade.supervisor.engine import Worker
 from stockade.supervisor.resolve import AT_FDCWD, Caller, absolute
-from stockade.supervisor.session import SandboxSession, handles
+from stockade.supervisor.session import QUICK, SandboxSession, handles
 
 AF_UNIX = _socket.AF_UNIX
 AF_INET = _socket.AF_INET
@@ -169,6 +169,81 @@ def h_connect(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Call
     finally:
         os.close(sock)
     fs._done(s, w, n)
+
+
+IPPROTO_TCP = 6
+
+
+def q_connect(s: SandboxSession, w: Worker, n: notify.SeccompNotif) -> bool:
+    """The receiver's answer to a TCP connect that Landlock decides alone:
+    continue it, reading nothing of the caller's memory.  False (the
+    broker decides) for anything else.
+
+    Why the kernel may run this call, when a connect to a UNIX socket by
+    path must never run unchecked:
+
+    - The socket: we look at the caller's own open file description
+      (pidfd_getfd).  A socket's family, type and protocol never change,
+      and an AF_INET/AF_INET6 socket cannot be connected to a UNIX address,
+      whatever the sockaddr buffer holds when the kernel reads it again.
+    - The descriptor *number*, which the kernel looks up again when the
+      call continues: another thread could make it name a UNIX socket in
+      between (dup2), and then the kernel would connect that to whatever
+      path the buffer then holds (tests/escape/test_connect_race.py does
+      exactly this, and reaches a denied socket when this check is left
+      out).  So the caller must have no other thread: its one thread is
+      stopped in this call from the trap until our answer (a signal ends
+      the call, and then our answer is refused as stale), so no thread can
+      appear, and no other process shares its table: exec gives each
+      process its own, and the sandbox's filter refuses CLONE_FILES
+      without CLONE_THREAD (plan/filter.py).  Nothing else writes another
+      process's descriptor table (io_uring is refused too).
+    - The address: ``net/connect`` is not routed, so Landlock holds its
+      rules exactly, and Landlock checks the port of a TCP connect in the
+      kernel (IPPROTO_TCP only: an MPTCP socket, say, is not TCP to
+      Landlock, and goes to the broker).  ``net/connect`` being neither
+      routed nor observed also means no event is wanted.
+
+    The pidfd and the thread count are read from ``n.pid`` before we
+    answer, and the answer is accepted only while the call is pending, so
+    they were the caller's.  Every step is a non-blocking system call.
+    """
+    if Category.NET_CONNECT in s.plan.categories:
+        return False
+    # os.pidfd_open: procmem's goes through ctypes, which costs more here.
+    pidfd = os.pidfd_open(n.pid, procmem.PIDFD_THREAD)
+    try:
+        # Still pending: the pidfd is the caller's, not a recycled pid's.
+        if not w.resp.valid(s.listener, n.id):
+            return False
+        fd = procmem.pidfd_getfd(pidfd, fs._int(n.data.args[0]))
+    finally:
+        os.close(pidfd)
+    try:
+        # Reads SO_DOMAIN (through getsockname), SO_TYPE and SO_PROTOCOL.
+        sock = _socket.socket(fileno=fd)
+    except OSError:
+        os.close(fd)
+        return False  # not a socket: the broker answers as the kernel would
+    try:
+        tcp = sock.family in (AF_INET, AF_INET6) and sock.type == SOCK_STREAM
+        tcp = tcp and sock.proto == IPPROTO_TCP
+    finally:
+        sock.close()
+    if not tcp or not _one_thread(n.pid):
+        return False
+    w.resp.cont(s.listener, n.id)
+    return True
+
+
+def _one_thread(tid: int) -> bool:
+    """Whether the thread group of *tid* has one live thread: procfs gives
+    ``/proc/TID/task`` two links plus one per live thread (none once the
+    group is gone, which answers False)."""
+    return os.stat(f"/proc/{tid}/task").st_nlink == 3
+
+
+QUICK[_NR_CONNECT] = q_connect
 
 
 def _their_socket(s: SandboxSession, w: Worker, n: notify.SeccompNotif, fd: int, addr: int,
