@@ -14,6 +14,9 @@ and decided on: the kernel never reads the caller's sockaddr again.
   for stream sockets, ``net/send`` for datagrams, ``net/bind`` for bind,
   and for ``listen`` on a socket with no port yet (it would bind an
   ephemeral port that Landlock never sees).
+- One connect is continued for speed: a TCP connect of a one-thread
+  caller when ``net/connect`` is held by Landlock alone (:func:`q_connect`
+  says why that is safe).  The receiver answers it, with no hand-off.
 - Abstract and unnamed UNIX addresses are continued: Landlock scopes
   abstract sockets to the sandbox, and the supervisor, which has no
   Landlock domain, must not connect them itself.  The kernel then reads
