@@ -58,6 +58,9 @@ MAX_SEND = 1 << 24
 _nr = syscalls.nr
 _syscall = fs._syscall
 _NR_CONNECT = _nr("connect")
+_NR_GETSOCKOPT = _nr("getsockopt")
+SO_DOMAIN = 39
+SO_PROTOCOL = 38
 
 
 def _sockaddr(w: Worker, n: notify.SeccompNotif, addr: int, length: int) -> bytes:
@@ -131,12 +134,16 @@ def _ip_text(packed: bytes) -> str:
     return str(ipaddress.ip_address(packed))
 
 
-def _getsockopt_type(fd: int) -> int:
+def _sockopt(fd: int, option: int) -> int:
+    """An int socket option of SOL_SOCKET."""
     val = ctypes.c_int()
     size = ctypes.c_uint32(4)
-    _syscall(_nr("getsockopt"), fd, SOL_SOCKET, _socket.SO_TYPE, ctypes.byref(val),
-             ctypes.byref(size))  # fmt: skip
+    _syscall(_NR_GETSOCKOPT, fd, SOL_SOCKET, option, ctypes.byref(val), ctypes.byref(size))
     return val.value
+
+
+def _getsockopt_type(fd: int) -> int:
+    return _sockopt(fd, _socket.SO_TYPE)
 
 
 MSG_NOSIGNAL = 0x4000
@@ -223,16 +230,13 @@ def q_connect(s: SandboxSession, w: Worker, n: notify.SeccompNotif) -> bool:
     finally:
         os.close(pidfd)
     try:
-        # Reads SO_DOMAIN (through getsockname), SO_TYPE and SO_PROTOCOL.
-        sock = _socket.socket(fileno=fd)
-    except OSError:
-        os.close(fd)
-        return False  # not a socket: the broker answers as the kernel would
-    try:
-        tcp = sock.family in (AF_INET, AF_INET6) and sock.type == SOCK_STREAM
-        tcp = tcp and sock.proto == IPPROTO_TCP
+        # getsockopt, not getsockname (which takes the socket's lock).  Not
+        # a socket: OSError, and the broker answers as the kernel would.
+        tcp = _sockopt(fd, SO_DOMAIN) in (AF_INET, AF_INET6)
+        tcp = tcp and _sockopt(fd, _socket.SO_TYPE) == SOCK_STREAM
+        tcp = tcp and _sockopt(fd, SO_PROTOCOL) == IPPROTO_TCP
     finally:
-        sock.close()
+        os.close(fd)
     if not tcp or not _one_thread(n.pid):
         return False
     w.resp.cont(s.listener, n.id)
