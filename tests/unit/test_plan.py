@@ -209,6 +209,10 @@ PROGRAM = build_program(FilterSpec(tcp_restricted=True, deny_chmod=True))
         ("clone3", (), ret_errno(errno.ENOSYS)),
         ("clone", (0x11,), SECCOMP_RET_ALLOW),  # SIGCHLD only
         ("clone", (0x10000000,), ret_errno(errno.EPERM)),  # CLONE_NEWUSER
+        ("clone", (0x3D0F00,), SECCOMP_RET_ALLOW),  # pthread_create's flags
+        ("clone", (0x4111,), SECCOMP_RET_ALLOW),  # vfork: CLONE_VM|CLONE_VFORK|SIGCHLD
+        ("clone", (0x411,), ret_errno(errno.EPERM)),  # CLONE_FILES without CLONE_THREAD
+        ("clone", (0x10F00 | 0x10000000,), ret_errno(errno.EPERM)),  # a thread, CLONE_NEWUSER
         ("ioctl", (0, 0x5412), ret_errno(errno.EPERM)),  # TIOCSTI
         ("ioctl", (0, 0x1_0000_5412), ret_errno(errno.EPERM)),  # high bits ignored
         ("ioctl", (0, 0x5413), SECCOMP_RET_ALLOW),  # TIOCGWINSZ

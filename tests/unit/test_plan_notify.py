@@ -177,6 +177,24 @@ def test_address_rules_route_connect_with_landlock_ports_as_bound() -> None:
     assert not d(Category.NET_CONNECT, socket.AF_INET6, "::ffff:10.0.0.1", 8080).allow
 
 
+def test_packed_addresses_get_the_same_answers_and_a_rule_change_drops_them() -> None:
+    rules = ("allow/net/connect+*!443", "deny/net/connect+10.0.0.0/8!443", *NO_WRITE)
+    plan = compile_plan(policy(*BASIC, *rules), facts())
+    assert plan.notify is not None
+    n = plan.notify
+    for text, port in [("1.2.3.4", 443), ("10.1.2.3", 443), ("::ffff:10.1.2.3", 443),
+                       ("2001:db8::1", 443), ("1.2.3.4", 444)]:  # fmt: skip
+        packed = ipaddress.ip_address(text).packed
+        family = socket.AF_INET if len(packed) == 4 else socket.AF_INET6
+        expected = n.decide_net(Category.NET_CONNECT, family, text, port)
+        # Twice: the second answer comes from the cache.
+        for _ in range(2):
+            assert n.decide_net_packed(Category.NET_CONNECT, packed, port) == expected
+    assert not n.decide_net_packed(Category.NET_CONNECT, bytes([10, 0, 0, 1]), 443).allow
+    n.replace_rules((*n.rules, Rule(Action.ALLOW, Category.NET_CONNECT, "10.0.0.1!443")))
+    assert n.decide_net_packed(Category.NET_CONNECT, bytes([10, 0, 0, 1]), 443).allow
+
+
 def test_a_deny_inside_allowed_ports_is_decided_by_address() -> None:
     rules = ("allow/net/connect+*!443", "deny/net/connect+10.0.0.0/8!443", *NO_WRITE)
     plan = compile_plan(policy(*BASIC, *rules), facts())

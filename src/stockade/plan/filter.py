@@ -94,6 +94,9 @@ CLONE_NS_FLAGS = (
     0x40000000,  # CLONE_NEWNET
 )
 
+CLONE_FILES = 0x00000400
+CLONE_THREAD = 0x00010000
+
 TIOCSTI = 0x5412
 TIOCLINUX = 0x541C
 #: ioctls that inject input into or take over a terminal.
@@ -210,8 +213,9 @@ def build_program(spec: FilterSpec) -> bytes:
     if spec.deny_ipc:
         for name in HOST_IPC:
             verdicts[syscalls.nr(name)] = functools.partial(p.ret, eperm)
-    # clone: refuse any namespace flag (flags are args[0] on x86_64).
-    verdicts[syscalls.nr("clone")] = lambda: _any_bit(p, 0, CLONE_NS_FLAGS, eperm, allow)
+    # clone: refuse any namespace flag (flags are args[0] on x86_64), and
+    # a descriptor table shared outside one thread group (see _clone).
+    verdicts[syscalls.nr("clone")] = lambda: _clone(p, eperm, allow)
     verdicts[syscalls.nr("ioctl")] = lambda: _one_of(p, 1, DENY_IOCTLS, eperm, allow)
     verdicts[syscalls.nr("prctl")] = lambda: _prctl(p, eperm, allow)
     verdicts[syscalls.nr("personality")] = lambda: _one_of(p, 0, PERSONALITY_ALLOWED, allow, eperm)
@@ -279,6 +283,35 @@ def _any_bit(p: Program, arg: int, bits: tuple[int, ...], hit: int, miss: int) -
     p.ret(miss)
     p.label(yes)
     p.ret(hit)
+
+
+def _clone(p: Program, deny: int, allow: int) -> None:
+    """clone(2): no CLONE_NEW* flag, and CLONE_FILES only with CLONE_THREAD.
+
+    exec(2) gives every process a descriptor table of its own, so with
+    this only the threads of one process ever share one, and a process
+    with one thread, stopped in a system call, has a table nobody else
+    can change: the supervisor relies on it to let an inet connect run in
+    the kernel (supervisor/net.py).  Threads (pthread_create, Go, the
+    JVM), fork, vfork and posix_spawn never ask for CLONE_FILES alone.
+    """
+    p.load(arg_lo(0))
+    mask = CLONE_FILES
+    for bit in CLONE_NS_FLAGS:
+        mask |= bit
+    check = p.new_label("check")
+    p.jump(BPF_JSET, mask, check, 0)
+    p.ret(allow)
+    p.label(check)
+    no = p.new_label("no")
+    ns = 0
+    for bit in CLONE_NS_FLAGS:
+        ns |= bit
+    p.jump(BPF_JSET, ns, no, 0)
+    p.jump(BPF_JSET, CLONE_THREAD, 0, no)
+    p.ret(allow)
+    p.label(no)
+    p.ret(deny)
 
 
 def _which_who(p: Program, per_user: int, deny: int, allow: int) -> None:

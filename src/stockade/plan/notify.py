@@ -408,13 +408,16 @@ class _NetRule:
 class _NetRules:
     """The rules of one network category, last first."""
 
-    __slots__ = ("cache", "default", "has_hostnames", "rules")
+    __slots__ = ("cache", "default", "has_hostnames", "packed", "rules")
 
     def __init__(self, rules: list[Rule], on: bool) -> None:
         from stockade.policy.netspec import parse_net_pattern
 
         self.default = DENY if on else ALLOW
         self.cache: dict[tuple[IPAddress, int], Verdict] = {}
+        #: The same decisions keyed by the address as the kernel packs it
+        #: (decide_net_packed): no parsing on the supervisor's hot path.
+        self.packed: dict[tuple[bytes, int], Verdict] = {}
         out = []
         for rule in reversed(rules):
             pat = parse_net_pattern(rule.pattern)
@@ -694,6 +697,29 @@ class NotifyPlan:
             if len(state.cache) >= CACHE_LIMIT:
                 state.cache.clear()
             state.cache[key] = verdict
+        return verdict
+
+    def decide_net_packed(self, category: Category, packed: bytes, port: int) -> Verdict:
+        """:meth:`decide_net` for an address in network byte order (4 or 16
+        bytes, as in a sockaddr), cached on those bytes: the supervisor's
+        connect and send path decides without making an address object."""
+        state = self._state.net[category]
+        if not state.rules:
+            return state.default
+        key = (packed, port)
+        if not state.has_hostnames:
+            found = state.packed.get(key)
+            if found is not None:
+                return found
+        import ipaddress
+
+        address = ipaddress.ip_address(packed)
+        family = 2 if address.version == 4 else 10  # AF_INET, AF_INET6
+        verdict = self.decide_net(category, family, str(address), port)
+        if not state.has_hostnames:
+            if len(state.packed) >= CACHE_LIMIT:
+                state.packed.clear()
+            state.packed[key] = verdict
         return verdict
 
     def _address_matches(self, rule: _NetRule, addr: IPAddress) -> bool:

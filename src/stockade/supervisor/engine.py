@@ -90,6 +90,12 @@ class Session:
         answers EACCES."""
         raise NotImplementedError
 
+    def quick(self, worker: Worker, notif: notify.SeccompNotif) -> bool:
+        """Answer *notif* in the receiver if that takes no waiting; True if
+        answered.  Must never block: the receiver calls it before it gives
+        up its role.  Raising counts as False (:meth:`handle` then runs)."""
+        return False
+
     def handler_failed(self, notif: notify.SeccompNotif, err: BaseException) -> None:
         """Told after the sentinel answered EACCES for *notif*."""
 
@@ -196,7 +202,7 @@ class Supervisor:
                         return
                 continue
             try:
-                item = self._receive()
+                item = self._receive(worker)
             finally:
                 with self._lock:
                     self._idle -= 1
@@ -226,9 +232,13 @@ class Supervisor:
 
     # -- the receiver role ---------------------------------------------------------
 
-    def _receive(self) -> tuple[Session, notify.SeccompNotif]:
+    def _receive(self, worker: Worker | None) -> tuple[Session, notify.SeccompNotif]:
         """Wait for the next notification (and do the bookkeeping events
-        that come before it); called by the receiver only."""
+        that come before it); called by the receiver only.  A notification
+        the session can answer at once (:meth:`Session.quick`) is answered
+        here, with no hand-off of the role: that hand-off (waking another
+        thread, which then contends for the GIL) costs more than such an
+        answer."""
         ep = self._ep
         while True:
             try:
@@ -250,6 +260,8 @@ class Supervisor:
                     elif mask & select.EPOLLIN:
                         notif = self._recv(fd, session)
                         if notif is not None:
+                            if worker is not None and self._quick(worker, session, notif):
+                                continue
                             return session, notif
                     elif mask & (select.EPOLLHUP | select.EPOLLERR):
                         self._drop(fd, session)
@@ -258,6 +270,15 @@ class Supervisor:
                     # listener its sandbox's trapped calls fail (ENOSYS),
                     # never succeed, and the launcher ends the run.
                     self._drop(fd, session)
+
+    def _quick(self, worker: Worker, session: Session, notif: notify.SeccompNotif) -> bool:
+        try:
+            answered = session.quick(worker, notif)
+        except Exception:  # the receiver must survive anything: a worker decides
+            answered = False
+        if answered:
+            session._release()
+        return answered
 
     def _drop(self, fd: int, session: Session) -> None:
         if self._watched.pop(fd, None) is None:

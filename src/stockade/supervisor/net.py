@@ -14,6 +14,9 @@ and decided on: the kernel never reads the caller's sockaddr again.
   for stream sockets, ``net/send`` for datagrams, ``net/bind`` for bind,
   and for ``listen`` on a socket with no port yet (it would bind an
   ephemeral port that Landlock never sees).
+- One connect is continued for speed: a TCP connect of a one-thread
+  caller when ``net/connect`` is held by Landlock alone (:func:`q_connect`
+  says why that is safe).  The receiver answers it, with no hand-off.
 - Abstract and unnamed UNIX addresses are continued: Landlock scopes
   abstract sockets to the sandbox, and the supervisor, which has no
   Landlock domain, must not connect them itself.  The kernel then reads
@@ -39,7 +42,7 @@ from stockade.policy.model import Category
 from stockade.supervisor import fs
 from stockade.supervisor.engine import Worker
 from stockade.supervisor.resolve import AT_FDCWD, Caller, absolute
-from stockade.supervisor.session import SandboxSession, handles
+from stockade.supervisor.session import QUICK, SandboxSession, handles
 
 AF_UNIX = _socket.AF_UNIX
 AF_INET = _socket.AF_INET
@@ -54,6 +57,10 @@ MAX_SEND = 1 << 24
 
 _nr = syscalls.nr
 _syscall = fs._syscall
+_NR_CONNECT = _nr("connect")
+_NR_GETSOCKOPT = _nr("getsockopt")
+SO_DOMAIN = 39
+SO_PROTOCOL = 38
 
 
 def _sockaddr(w: Worker, n: notify.SeccompNotif, addr: int, length: int) -> bytes:
@@ -79,8 +86,10 @@ class _Target:
 
 
 def _decide(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller, raw: bytes,
-            sock_type: int, category: Category | None) -> _Target:  # fmt: skip
-    """Decide the address *raw*; *category* overrides the inet category."""
+            sock_type: int, category: Category | None,
+            validated: bool = False) -> _Target:  # fmt: skip
+    """Decide the address *raw*; *category* overrides the inet category.
+    *validated*: ID_VALID was checked after *raw* was read."""
     family = struct.unpack_from("=H", raw)[0]
     if family == AF_UNIX:
         path = raw[2:].split(b"\0", 1)[0]
@@ -96,21 +105,26 @@ def _decide(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller
             raise
         via = f"/proc/self/fd/{pin}".encode()
         return _Target(struct.pack("=H", AF_UNIX) + via + b"\0", pin)
-    s.valid(w, n)
+    if not validated:
+        s.valid(w, n)
     if family in (AF_INET, AF_INET6):
         if family == AF_INET:
             if len(raw) < 16:
                 raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-            port = struct.unpack_from("!H", raw, 2)[0]
-            address = _ip_text(raw[4:8])
+            packed = raw[4:8]
         else:
             if len(raw) < 24:
                 raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-            port = struct.unpack_from("!H", raw, 2)[0]
-            address = _ip_text(raw[8:24])
+            packed = raw[8:24]
+        port = (raw[2] << 8) | raw[3]
         if category is None:
             category = Category.NET_CONNECT if sock_type == SOCK_STREAM else Category.NET_SEND
-        s.check_net(n, category, family, address, port)
+        # The common case, an allowed address with nobody to tell: decided
+        # on the packed bytes, no address object made.  Anything else (a
+        # denial, an event to make) goes the long way, which records it.
+        if s.quiet_net and s.plan.decide_net_packed(category, packed, port).allow:
+            return _Target(raw)
+        s.check_net(n, category, family, _ip_text(packed), port)
     return _Target(raw)
 
 
@@ -120,12 +134,16 @@ def _ip_text(packed: bytes) -> str:
     return str(ipaddress.ip_address(packed))
 
 
-def _getsockopt_type(fd: int) -> int:
+def _sockopt(fd: int, option: int) -> int:
+    """An int socket option of SOL_SOCKET."""
     val = ctypes.c_int()
     size = ctypes.c_uint32(4)
-    _syscall(_nr("getsockopt"), fd, SOL_SOCKET, _socket.SO_TYPE, ctypes.byref(val),
-             ctypes.byref(size))  # fmt: skip
+    _syscall(_NR_GETSOCKOPT, fd, SOL_SOCKET, option, ctypes.byref(val), ctypes.byref(size))
     return val.value
+
+
+def _getsockopt_type(fd: int) -> int:
+    return _sockopt(fd, _socket.SO_TYPE)
 
 
 MSG_NOSIGNAL = 0x4000
@@ -148,21 +166,122 @@ def _sigpipe(n: notify.SeccompNotif, err: OSError, flags: int) -> None:
 @handles("connect")
 def h_connect(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller) -> None:
     a = n.data.args
-    raw = _sockaddr(w, n, a[1], a[2] & 0xFFFFFFFF)
-    sock, _path = fs._their_fd(s, w, n, fs._int(a[0]))
+    sock, sock_type, raw = _their_socket(s, w, n, fs._int(a[0]), a[1], a[2] & 0xFFFFFFFF)
     try:
-        target = _decide(s, w, n, caller, raw, _getsockopt_type(sock), None)
+        target = _decide(s, w, n, caller, raw, sock_type, None, validated=True)
         try:
             if target.passthrough:
                 w.resp.cont(s.listener, n.id)
                 return
-            buf = ctypes.create_string_buffer(target.raw, len(target.raw))
-            _syscall(_nr("connect"), sock, buf, len(target.raw))
+            _connect(sock, target.raw)
         finally:
             target.close()
     finally:
         os.close(sock)
     fs._done(s, w, n)
+
+
+IPPROTO_TCP = 6
+
+
+def q_connect(s: SandboxSession, w: Worker, n: notify.SeccompNotif) -> bool:
+    """The receiver's answer to a TCP connect that Landlock decides alone:
+    continue it, reading nothing of the caller's memory.  False (the
+    broker decides) for anything else.
+
+    Why the kernel may run this call, when a connect to a UNIX socket by
+    path must never run unchecked:
+
+    - The socket: we look at the caller's own open file description
+      (pidfd_getfd).  A socket's family, type and protocol never change,
+      and an AF_INET/AF_INET6 socket cannot be connected to a UNIX address,
+      whatever the sockaddr buffer holds when the kernel reads it again.
+    - The descriptor *number*, which the kernel looks up again when the
+      call continues: another thread could make it name a UNIX socket in
+      between (dup2), and then the kernel would connect that to whatever
+      path the buffer then holds (tests/escape/test_connect_race.py does
+      exactly this, and reaches a denied socket when this check is left
+      out).  So the caller must have no other thread: its one thread is
+      stopped in this call from the trap until our answer (a signal ends
+      the call, and then our answer is refused as stale), so no thread can
+      appear, and no other process shares its table: exec gives each
+      process its own, and the sandbox's filter refuses CLONE_FILES
+      without CLONE_THREAD (plan/filter.py).  Nothing else writes another
+      process's descriptor table (io_uring is refused too).
+    - The address: ``net/connect`` is not routed, so Landlock holds its
+      rules exactly, and Landlock checks the port of a TCP connect in the
+      kernel (IPPROTO_TCP only: an MPTCP socket, say, is not TCP to
+      Landlock, and goes to the broker).  ``net/connect`` being neither
+      routed nor observed also means no event is wanted.
+
+    The pidfd and the thread count are read from ``n.pid`` before we
+    answer, and the answer is accepted only while the call is pending, so
+    they were the caller's.  Every step is a non-blocking system call.
+    """
+    if Category.NET_CONNECT in s.plan.categories:
+        return False
+    # os.pidfd_open: procmem's goes through ctypes, which costs more here.
+    pidfd = os.pidfd_open(n.pid, procmem.PIDFD_THREAD)
+    try:
+        # Still pending: the pidfd is the caller's, not a recycled pid's.
+        if not w.resp.valid(s.listener, n.id):
+            return False
+        fd = procmem.pidfd_getfd(pidfd, fs._int(n.data.args[0]))
+    finally:
+        os.close(pidfd)
+    try:
+        # getsockopt, not getsockname (which takes the socket's lock).  Not
+        # a socket: OSError, and the broker answers as the kernel would.
+        tcp = _sockopt(fd, SO_DOMAIN) in (AF_INET, AF_INET6)
+        tcp = tcp and _sockopt(fd, _socket.SO_TYPE) == SOCK_STREAM
+        tcp = tcp and _sockopt(fd, SO_PROTOCOL) == IPPROTO_TCP
+    finally:
+        os.close(fd)
+    if not tcp or not _one_thread(n.pid):
+        return False
+    w.resp.cont(s.listener, n.id)
+    return True
+
+
+def _one_thread(tid: int) -> bool:
+    """Whether the thread group of *tid* has one live thread: procfs gives
+    ``/proc/TID/task`` two links plus one per live thread (none once the
+    group is gone, which answers False)."""
+    return os.stat(f"/proc/{tid}/task").st_nlink == 3
+
+
+QUICK[_NR_CONNECT] = q_connect
+
+
+def _their_socket(s: SandboxSession, w: Worker, n: notify.SeccompNotif, fd: int, addr: int,
+                  length: int) -> tuple[int, int, bytes]:  # fmt: skip
+    """``(our duplicate of the caller's socket fd, its SO_TYPE, the
+    caller's sockaddr at addr)``.
+
+    One ID_VALID check covers both: it comes after the pidfd was opened
+    and the memory read, and a pending call's thread cannot have exited,
+    so its pid named the caller throughout.  No ``readlink`` of the
+    socket: nothing here decides on its path.
+    """
+    if length < 2 or length > SOCKADDR_MAX:
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+    pidfd = procmem.pidfd_open(n.pid, thread=True)
+    try:
+        raw = w.mem.read(n.pid, addr, length)
+        s.valid(w, n)
+        sock = procmem.pidfd_getfd(pidfd, fd)
+    finally:
+        os.close(pidfd)
+    try:
+        return sock, _getsockopt_type(sock), raw
+    except BaseException:
+        os.close(sock)
+        raise
+
+
+def _connect(sock: int, raw: bytes) -> None:
+    buf = ctypes.create_string_buffer(raw, len(raw))
+    _syscall(_NR_CONNECT, sock, buf, len(raw))
 
 
 @handles("bind")

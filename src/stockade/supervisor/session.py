@@ -31,6 +31,9 @@ EventSink = Callable[[events.Event], None]
 
 #: Set by the handler modules at import: syscall number -> handler.
 HANDLERS: dict[int, Handler] = {}
+#: Answers the receiver may give at once (see Session.quick): syscall
+#: number -> a function that answers and returns True, or returns False.
+QUICK: dict[int, Callable[[SandboxSession, Worker, notify.SeccompNotif], bool]] = {}
 
 
 def handles(*names: str) -> Callable[[Handler], Handler]:
@@ -99,6 +102,10 @@ class SandboxSession(Session):
             # What the kernel would have answered for the same operation.
             worker.resp.send(self.listener, notif.id, error=err.errno or errno.EACCES)
 
+    def quick(self, worker: Worker, notif: notify.SeccompNotif) -> bool:
+        fn = QUICK.get(notif.data.nr) if self.handlers is HANDLERS else None
+        return fn is not None and fn(self, worker, notif)
+
     def handler_failed(self, notif: notify.SeccompNotif, err: BaseException) -> None:
         name = syscalls.NAME.get(notif.data.nr, str(notif.data.nr))
         self.failures.append(f"{name}: {type(err).__name__}: {err}")
@@ -112,6 +119,11 @@ class SandboxSession(Session):
             os.close(fd)
 
     # -- helpers for handlers -------------------------------------------------
+
+    @property
+    def quiet_net(self) -> bool:
+        """An allowed network access makes no event (:meth:`check_net`)."""
+        return not self._all_allowed
 
     def root_fd(self, worker: Worker, notif: notify.SeccompNotif) -> int:
         """Our descriptor on the sandbox's root directory (opened once)."""
