@@ -1,0 +1,210 @@
+"""No pathname UNIX socket outside the write rules is reached by turning an
+abstract address into a path while the call is decided (SPEC section 2:
+"UNIX sockets follow the filesystem rules"; section 8: "not through ...
+races"; stockade issue 5, "No TOCTOU").
+
+An abstract address is the one the supervisor cannot connect for the
+sandbox (it has no Landlock domain, and Landlock scopes abstract sockets to
+the sandbox), so such a call runs in the kernel, which reads the sockaddr
+again.  Here the buffer flips between an abstract address (a listener of
+the sandbox's own) and the path of a socket outside the write rules: from
+a second thread of the caller, or from another process through a
+``MAP_SHARED`` mapping while the caller keeps one thread.  The host's
+denied listener must never accept.  And a one-thread client whose address
+nobody else can write (D-Bus style) still reaches a listener of another
+process in the same sandbox, by connect and by sendto.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import run_probe
+
+SECONDS = 3.0
+
+pytestmark = pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86_64 syscall numbers")
+
+SETUP = """
+import mmap, threading, time, struct
+PATH, SECONDS, NAME = {path!r}, {seconds}, {name!r}
+SIZE = 110  # sizeof(struct sockaddr_un): both spellings have the same length
+unix = (struct.pack("=H", socket.AF_UNIX) + PATH.encode()).ljust(SIZE, b"\\0")
+abstract = (struct.pack("=H", socket.AF_UNIX) + b"\\0" + NAME.encode()).ljust(SIZE, b"\\0")
+# The sandbox's own abstract listener, bound with the same padded address.
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind(abstract[2:])
+server.listen(4096)
+stop = time.monotonic() + SECONDS
+counts = {{}}
+def count(kind, ret):
+    key = kind + ":" + ("ok" if ret == 0 else errno.errorcode.get(ctypes.get_errno(), "?"))
+    counts[key] = counts.get(key, 0) + 1
+"""
+
+THREADS = """
+buf = ctypes.create_string_buffer(abstract, SIZE)
+def flipper():
+    while time.monotonic() < stop:
+        ctypes.memmove(buf, unix, SIZE)
+        ctypes.memmove(buf, abstract, SIZE)
+def acceptor():
+    server.settimeout(0.2)
+    while time.monotonic() < stop + 1:
+        try:
+            server.accept()[0].close()
+        except OSError:
+            pass
+threading.Thread(target=flipper, daemon=True).start()
+threading.Thread(target=acceptor, daemon=True).start()
+while time.monotonic() < stop:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    count("flipped", libc.syscall(ctypes.c_long(42), ctypes.c_long(s.fileno()), buf,
+                                  ctypes.c_long(SIZE)))
+    s.close()
+    # The two spellings alone, from the same threaded caller.
+    for kind, addr in (("path", unix), ("abstract", abstract)):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        one = ctypes.create_string_buffer(addr, SIZE)
+        count(kind, libc.syscall(ctypes.c_long(42), ctypes.c_long(s.fileno()), one,
+                                 ctypes.c_long(SIZE)))
+        s.close()
+attempt("counts", lambda: json.dumps(counts))
+"""
+
+SHARED = """
+mem = mmap.mmap(-1, 4096)
+buf = (ctypes.c_char * SIZE).from_buffer(mem)
+buf[:] = abstract
+pid = os.fork()
+if pid == 0:
+    while time.monotonic() < stop:
+        buf[:] = unix
+        buf[:] = abstract
+    os._exit(0)
+# One thread: the listener's backlog is drained by connecting non-blocking
+# and accepting in turn.
+server.setblocking(False)
+while time.monotonic() < stop:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    count("flipped", libc.syscall(ctypes.c_long(42), ctypes.c_long(s.fileno()), buf,
+                                  ctypes.c_long(SIZE)))
+    s.close()
+    try:
+        while True:
+            server.accept()[0].close()
+    except BlockingIOError:
+        pass
+os.waitpid(pid, 0)
+attempt("counts", lambda: json.dumps(counts))
+"""
+
+
+class _Listener:
+    """Accepts and counts connections on *sock* until closed."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.accepted = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self._thread.join(5)
+
+
+@pytest.fixture
+def denied(workdir: Path) -> Iterator[tuple[_Listener, str]]:
+    denied_dir = workdir / "denied"
+    denied_dir.mkdir()
+    path = str(denied_dir / "s")
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unix.bind(path)
+    os.chmod(path, 0o777)
+    unix.listen(4096)
+    listener = _Listener(unix)
+    try:
+        yield listener, path
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("writer", ["thread", "shared"])
+def test_turning_an_abstract_address_into_a_path_never_reaches_a_denied_socket(
+    workdir: Path, denied: tuple[_Listener, str], writer: str
+) -> None:
+    listener, path = denied
+    writable = workdir / "ok"
+    writable.mkdir()
+    body = SETUP.format(path=path, seconds=SECONDS, name=f"stockade-race-{os.getpid()}-{writer}")
+    res, v = run_probe(
+        body + (THREADS if writer == "thread" else SHARED), write=[str(writable)], timeout=60
+    )
+    assert res.returncode == 0, res.stderr
+    counts = json.loads(v["counts"]["value"])
+    assert listener.accepted == 0, counts
+    # The race really ran: both spellings reached the supervisor through
+    # the flipped buffer (the path one refused as a path).
+    assert counts.get("flipped:EACCES", 0) > 0, counts
+    assert sum(n for k, n in counts.items() if k.startswith("flipped:")) > 10, counts
+    if writer == "thread":
+        assert counts.get("path:EACCES", 0) > 0 and counts.get("path:ok", 0) == 0, counts
+    denials = [d for d in res.denials if d.syscall == "connect"]
+    assert any(d.target == path for d in denials), denials
+
+
+def test_a_one_thread_client_reaches_an_abstract_socket_of_the_sandbox(workdir: Path) -> None:
+    writable = workdir / "ok"
+    writable.mkdir()
+    name = f"\0stockade-bus-{os.getpid()}"
+    _, v = run_probe(
+        f"""
+import time
+NAME = {name!r}
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind(NAME)
+server.listen(8)
+dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+dgram.bind(NAME + "-dgram")
+pid = os.fork()
+if pid == 0:
+    # A client process with one thread, its address on its own stack.
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    c.connect(NAME)
+    c.sendall(b"hello")
+    c.close()
+    d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    d.sendto(b"datagram", NAME + "-dgram")
+    os._exit(0)
+conn, _ = server.accept()
+attempt("stream", lambda: conn.recv(16).decode())
+attempt("datagram", lambda: dgram.recv(16).decode())
+attempt("client", lambda: os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+""",
+        write=[str(writable)],
+        timeout=60,
+    )
+    assert v["stream"] == {"name": "stream", "errno": 0, "value": "hello"}
+    assert v["datagram"] == {"name": "datagram", "errno": 0, "value": "datagram"}
+    assert v["client"]["value"] == 0
