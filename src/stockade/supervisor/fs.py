@@ -40,8 +40,9 @@ import os
 import stat
 import struct
 
-from stockade.kernel import _ffi, notify, procmem, syscalls
+from stockade.kernel import _ffi, notify, procmem, ptrace, syscalls
 from stockade.policy.model import Category
+from stockade.supervisor import events
 from stockade.supervisor.engine import Worker
 from stockade.supervisor.resolve import (
     AT_EMPTY_PATH,
@@ -482,11 +483,232 @@ def h_exec(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller)
     else:
         dirfd, addr, argv_addr, flags = _int(a[0]), a[1], a[2], a[4] & 0xFFFFFFFF
     argv = _argv(w, n, argv_addr) if s.verbose else None
-    fd, path = _object_fd(s, w, n, caller, dirfd, addr, not flags & AT_SYMLINK_NOFOLLOW,
-                          bool(flags & AT_EMPTY_PATH))  # fmt: skip
-    os.close(fd)
-    s.check(n, Category.EXEC, path, argv)
-    w.resp.cont(s.listener, n.id)
+    text = w.mem.cstring(n.pid, addr)
+    if not text and flags & AT_EMPTY_PATH:
+        s.valid(w, n)
+        if dirfd == AT_FDCWD:
+            fd, path = _open_path(s, w, n, caller, absolute(n.pid, AT_FDCWD, b"."), True)
+        else:
+            fd, path = _their_fd(s, w, n, dirfd)
+    else:
+        if not text:
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+        full = absolute(n.pid, dirfd, text)
+        s.valid(w, n)
+        fd, path = _open_path(s, w, n, caller, full, not flags & AT_SYMLINK_NOFOLLOW)
+    try:
+        s.check(n, Category.EXEC, path, argv)
+        _exec_verified(s, w, n, caller, fd, path, _execfn(dirfd, text))
+    finally:
+        os.close(fd)
+
+
+def _execfn(dirfd: int, text: bytes) -> bytes:
+    """The file name the kernel gives an exec of *text* from *dirfd*: what
+    it puts in the new image's ``AT_EXECFN`` (and a script's argv)."""
+    if dirfd == AT_FDCWD or text.startswith(b"/"):
+        return text
+    if not text:
+        return b"/dev/fd/%d" % dirfd
+    return b"/dev/fd/%d/%s" % (dirfd, text)
+
+
+# Why an exec is traced, and not simply continued:
+#
+# Only the kernel can replace the caller's image, so the call must be
+# continued, and the kernel then reads the path from the caller's memory
+# and looks it up again.  Another thread, a process sharing the memory
+# (vfork, CLONE_VM, a MAP_SHARED mapping) or a rename in between can make
+# that second lookup find another file than the one decided.  Nothing
+# before the answer can rule that out (a single-threaded caller can still
+# share its memory with another process, or have Linux AIO write into it),
+# so the check comes after: the supervisor attaches to the calling thread
+# (PTRACE_SEIZE, which neither stops nor signals it) before it answers,
+# and the kernel stops the thread once the new image is in place and
+# before its first instruction (PTRACE_EVENT_EXEC).  There the supervisor
+# compares what the kernel loaded (/proc/PID/exe, which the caller cannot
+# touch) with the file it decided on, by identity (device and inode, held
+# open meanwhile so the inode cannot be reused).  The process is killed
+# (SIGKILL) if they differ, and let go otherwise.  A failed exec returns to
+# the caller: PTRACE_INTERRUPT makes it stop on its way back to user space,
+# where the supervisor lets it go untouched.  Landlock's execute right still
+# bounds both lookups, so this only matters for what the supervisor alone
+# holds (a glob, a deny inside an exec tree).
+#
+# A script (``#!``) is run by its interpreter, which is then the image:
+# there the image must be the interpreter the decided script names, and
+# the file name the kernel used (AT_EXECFN, read from the new image, which
+# no other thread or process shares yet) must be the one decided.
+#
+# Cost: one attach, one answer, one interrupt, one wait for the exec, one
+# stat and one detach; the exec itself is far slower (bench/README.md).
+_SEIZE_OPTIONS = ptrace.PTRACE_O_TRACEEXEC | ptrace.PTRACE_O_EXITKILL
+AT_EXECFN = 31
+#: The kernel follows at most this many nested interpreters (BINPRM_MAX_RECURSION).
+MAX_INTERPRETERS = 5
+
+
+def _exec_verified(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller, fd: int,
+                   path: str, execfn: bytes) -> None:  # fmt: skip
+    """Continue the decided exec and check the image it loads."""
+    tid = n.pid
+    tgid = _tgid(tid)
+    try:
+        ptrace.seize(tid, _SEIZE_OPTIONS)
+    except OSError as err:
+        if err.errno == errno.ESRCH:
+            raise OSError(errno.ENOENT, "the call went away") from None
+        # Not dumpable, or a tracer we cannot be: the exec could not be
+        # checked, so it does not run (fail closed).
+        _exec_event(s, n, path, f"exec not verifiable: ptrace: {os.strerror(err.errno or 0)}")
+        raise Denied(errno.EACCES) from None
+    try:
+        # Still pending: the thread we attached to is the caller.
+        if w.resp.valid(s.listener, n.id):
+            w.resp.cont(s.listener, n.id)
+            # Still busy after the answer: the engine must not count on
+            # this thread to take the receiver role soon.
+            w.resp.answered = False
+        try:
+            ptrace.interrupt(tid)
+        except ProcessLookupError:
+            pass  # gone already; the wait tells
+        _follow_exec(s, w, n, caller, tid, tgid, fd, path, execfn)
+    except BaseException:
+        # Whatever went wrong, no unchecked image may run.
+        _kill_tracee(tid if tid == tgid else tgid)
+        raise
+
+
+def _tgid(tid: int) -> int:
+    with open(f"/proc/{tid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Tgid:"):
+                return int(line.split()[1])
+    raise OSError(errno.ESRCH, os.strerror(errno.ESRCH))
+
+
+def _follow_exec(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller, tid: int,
+                 tgid: int, fd: int, path: str, execfn: bytes) -> None:  # fmt: skip
+    while True:
+        try:
+            # Any tracee of this thread: there is one, the caller, whose tid
+            # is the leader's once a thread that was not the leader execed
+            # (a wait on its old tid would never wake).  Worker threads
+            # have no children of their own.
+            pid, status = ptrace.wait_any()
+        except ChildProcessError:
+            return  # gone: killed, and reaped by its parent
+        if pid not in (tid, tgid):
+            continue
+        if not os.WIFSTOPPED(status):
+            return  # exited or killed; our wait handed it back to its parent
+        event = status >> 16
+        if event == ptrace.PTRACE_EVENT_EXEC:
+            problem = _image_problem(s, w, n, caller, pid, fd, execfn)
+            if problem is None:
+                ptrace.detach(pid)
+                return
+            _kill_tracee(pid)
+            _exec_event(s, n, path, problem)
+            return
+        # Our interrupt, a group stop, or a signal on the way out of a
+        # failed exec: let it go as it was (the signal delivered).
+        ptrace.detach(pid, 0 if event else os.WSTOPSIG(status))
+        return
+
+
+def _kill_tracee(pid: int) -> None:
+    """SIGKILL the process of our tracee *pid* and wait for the tracee's
+    end, so that its parent (and its thread group) can have it."""
+    try:
+        os.kill(pid, 9)
+        while True:
+            _, status = ptrace.wait_any()
+            if not os.WIFSTOPPED(status):
+                return
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+def _exec_event(s: SandboxSession, n: notify.SeccompNotif, path: str, reason: str) -> None:
+    name = syscalls.NAME.get(n.data.nr, "execve")
+    s._emit(events.make(n.pid, name, str(Category.EXEC), path, events.DENY, errno.EACCES,
+                        reason))  # fmt: skip
+
+
+def _image_problem(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller, pid: int,
+                   fd: int, execfn: bytes) -> str | None:  # fmt: skip
+    """None if stopped tracee *pid* (just past exec) runs what was decided on
+    *fd*; else why not."""
+    want = os.fstat(fd)
+    try:
+        exe = os.stat(f"/proc/{pid}/exe")
+    except OSError as err:
+        return f"exec not verifiable: the new image: {os.strerror(err.errno or 0)}"
+    if (exe.st_dev, exe.st_ino) == (want.st_dev, want.st_ino):
+        return None
+    interpreter = _interpreter(s, w, n, caller, pid, fd)
+    if interpreter is None or interpreter != (exe.st_dev, exe.st_ino):
+        return "exec raced: the kernel loaded another file than the one decided"
+    if _new_execfn(w, pid) != execfn:
+        return "exec raced: the kernel ran another script than the one decided"
+    return None
+
+
+def _interpreter(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller, pid: int,
+                 fd: int) -> tuple[int, int] | None:  # fmt: skip
+    """``(device, inode)`` of the program that runs the script on *fd*
+    (following nested interpreters as the kernel does), or None if it is
+    no script or cannot be read."""
+    try:
+        current = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        for depth in range(MAX_INTERPRETERS + 1):
+            head = os.pread(current, 256, 0)
+            if not head.startswith(b"#!"):
+                if depth == 0:
+                    return None
+                st = os.fstat(current)
+                return (st.st_dev, st.st_ino)
+            line = head[2:].split(b"\n", 1)[0].replace(b"\t", b" ").strip(b" ")
+            name = line.split(b" ", 1)[0]
+            if not name:
+                return None
+            # Resolved as the kernel does for the new image: in the
+            # sandbox's root, from its working directory.
+            ours = open_in_root(s.root_fd(w, n), caller, absolute(pid, AT_FDCWD, name), O_PATH,
+                                0, _scratch(w).how)  # fmt: skip
+            try:
+                st = os.fstat(ours)
+                try:
+                    nxt = os.open(f"/proc/self/fd/{ours}", os.O_RDONLY | O_CLOEXEC)
+                except OSError:
+                    return (st.st_dev, st.st_ino)  # unreadable: no script
+            finally:
+                os.close(ours)
+            os.close(current)
+            current = nxt
+        return None
+    except OSError:
+        return None
+    finally:
+        os.close(current)
+
+
+def _new_execfn(w: Worker, pid: int) -> bytes | None:
+    """The ``AT_EXECFN`` string of stopped tracee *pid*'s new image."""
+    try:
+        with open(f"/proc/{pid}/auxv", "rb") as f:
+            auxv = f.read()
+        for key, value in struct.iter_unpack("=QQ", auxv[: len(auxv) - len(auxv) % 16]):
+            if key == AT_EXECFN:
+                return w.mem.cstring(pid, value)
+    except OSError:
+        pass
+    return None
 
 
 def _argv(w: Worker, n: notify.SeccompNotif, addr: int, limit: int = 256) -> tuple[str, ...]:
