@@ -94,7 +94,10 @@ CLONE_NS_FLAGS = (
     0x40000000,  # CLONE_NEWNET
 )
 
+CLONE_VM = 0x00000100
 CLONE_FILES = 0x00000400
+CLONE_VFORK = 0x00004000
+CLONE_PARENT = 0x00008000
 CLONE_THREAD = 0x00010000
 
 TIOCSTI = 0x5412
@@ -286,29 +289,39 @@ def _any_bit(p: Program, arg: int, bits: tuple[int, ...], hit: int, miss: int) -
 
 
 def _clone(p: Program, deny: int, allow: int) -> None:
-    """clone(2): no CLONE_NEW* flag, and CLONE_FILES only with CLONE_THREAD.
+    """clone(2): no CLONE_NEW* flag; CLONE_FILES only with CLONE_THREAD;
+    CLONE_VM without CLONE_THREAD only as vfork does it (CLONE_VFORK, and
+    not CLONE_PARENT).
 
     exec(2) gives every process a descriptor table of its own, so with
     this only the threads of one process ever share one, and a process
     with one thread, stopped in a system call, has a table nobody else
     can change: the supervisor relies on it to let an inet connect run in
-    the kernel (supervisor/net.py).  Threads (pthread_create, Go, the
-    JVM), fork, vfork and posix_spawn never ask for CLONE_FILES alone.
+    the kernel (supervisor/net.py).  Likewise memory: another process
+    shares a one-thread caller's address space only while that caller is
+    a vfork child of it (the vforking thread waits, its other threads
+    run), which the supervisor sees by comparing the caller with its
+    parent (kcmp): it relies on it to let an abstract UNIX address be read
+    again by the kernel.  Threads (pthread_create, Go, the JVM), fork,
+    vfork and posix_spawn never ask for CLONE_FILES alone, nor for
+    CLONE_VM without CLONE_VFORK or with CLONE_PARENT.
     """
     p.load(arg_lo(0))
-    mask = CLONE_FILES
-    for bit in CLONE_NS_FLAGS:
-        mask |= bit
-    check = p.new_label("check")
-    p.jump(BPF_JSET, mask, check, 0)
-    p.ret(allow)
-    p.label(check)
-    no = p.new_label("no")
     ns = 0
     for bit in CLONE_NS_FLAGS:
         ns |= bit
+    check = p.new_label("check")
+    p.jump(BPF_JSET, ns | CLONE_FILES | CLONE_VM, check, 0)
+    p.ret(allow)
+    p.label(check)
+    no = p.new_label("no")
+    yes = p.new_label("yes")
     p.jump(BPF_JSET, ns, no, 0)
-    p.jump(BPF_JSET, CLONE_THREAD, 0, no)
+    p.jump(BPF_JSET, CLONE_THREAD, yes, 0)
+    p.jump(BPF_JSET, CLONE_FILES, no, 0)
+    p.jump(BPF_JSET, CLONE_VFORK, 0, no)
+    p.jump(BPF_JSET, CLONE_PARENT, no, 0)
+    p.label(yes)
     p.ret(allow)
     p.label(no)
     p.ret(deny)

@@ -37,12 +37,12 @@ import os
 import struct
 from typing import Any
 
-from stockade.kernel import notify, procmem, syscalls
+from stockade.kernel import notify, procmem, ptrace, syscalls
 from stockade.policy.model import Category
-from stockade.supervisor import fs
+from stockade.supervisor import events, fs
 from stockade.supervisor.engine import Worker
 from stockade.supervisor.resolve import AT_FDCWD, Caller, absolute
-from stockade.supervisor.session import QUICK, SandboxSession, handles
+from stockade.supervisor.session import QUICK, Denied, SandboxSession, handles
 
 AF_UNIX = _socket.AF_UNIX
 AF_INET = _socket.AF_INET
@@ -170,9 +170,11 @@ def h_connect(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Call
     try:
         target = _decide(s, w, n, caller, raw, sock_type, None, validated=True)
         try:
-            if target.passthrough:
+            if target.passthrough and _sockopt(sock, SO_DOMAIN) == AF_UNIX:
+                _unshared(s, w, n, raw, [(a[1], len(raw))])
                 w.resp.cont(s.listener, n.id)
                 return
+            # Not a UNIX socket: the kernel refuses the address, on our copy.
             _connect(sock, target.raw)
         finally:
             target.close()
@@ -253,6 +255,121 @@ def _one_thread(tid: int) -> bool:
 QUICK[_NR_CONNECT] = q_connect
 
 
+# Why an abstract address may be read again by the kernel, and when not:
+#
+# The supervisor must not connect (or bind, or send to) an abstract UNIX
+# address itself: it has no Landlock domain, and Landlock's scoping of
+# abstract sockets (they reach only the sandbox's own) applies to the
+# process that connects.  So such a call is continued, and the kernel
+# copies the sockaddr again: if someone rewrote it into a path meanwhile,
+# the kernel would reach a path socket that no write rule decided.  Nor
+# can the address be checked after the call: by then the listener has the
+# connection, or the datagram.  So the call is continued only when nobody
+# but the caller can write those bytes while it waits for our answer:
+#
+# - the caller has one thread (it is stopped in this call, so no thread
+#   can appear), as q_connect relies on for its descriptor table;
+# - no other process shares its address space: the sandbox's filter
+#   allows CLONE_VM without CLONE_THREAD only as vfork does it (no
+#   CLONE_PARENT), so the only other process that can is the caller's
+#   parent, while the caller is its vfork child: compared with kcmp;
+# - the bytes lie in private anonymous memory (stack, heap, an anonymous
+#   MAP_PRIVATE mapping): no MAP_SHARED mapping another process could
+#   write, no file mapping that a write(2) to the file would change;
+# - no Linux AIO context is mapped (a direct read completes into memory
+#   after io_submit returned), and process_vm_writev, ptrace and io_uring
+#   are refused by the filter.
+#
+# Otherwise the call is refused (EACCES) with an event that says why: a
+# multithreaded program cannot reach an abstract socket while the write
+# rules are routed, but a one-thread client (D-Bus style) can.
+_PRIVATE_NAMES = (b"", b"[heap]", b"[stack]")
+
+
+def _unshared(s: SandboxSession, w: Worker, n: notify.SeccompNotif, raw: bytes,
+              ranges: list[tuple[int, int]]) -> None:  # fmt: skip
+    """Return if the caller's bytes at *ranges* (holding the abstract
+    address *raw*) cannot change before the kernel reads them; raise
+    :class:`Denied` (with an event) otherwise."""
+    if len(ranges) == 1 and ranges[0][1] <= 2:
+        # No name at all, and a length the caller cannot change (a call's
+        # argument): only the family is read again, and no path fits.
+        return
+    problem = _writers(n.pid, ranges)
+    s.valid(w, n)
+    if problem is None:
+        return
+    name = raw[3:].split(b"\0", 1)[0].decode(errors="replace")
+    syscall = syscalls.NAME.get(n.data.nr, str(n.data.nr))
+    s._emit(events.make(n.pid, syscall, str(Category.WRITE), "@" + name, events.DENY,
+                        errno.EACCES, f"abstract address not private: {problem}"))  # fmt: skip
+    raise Denied(errno.EACCES)
+
+
+def _writers(tid: int, ranges: list[tuple[int, int]]) -> str | None:
+    """None when nobody but thread *tid* can write *ranges*; else who can."""
+    if not _one_thread(tid):
+        return "another thread"
+    ppid = 0
+    with open(f"/proc/{tid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"PPid:"):
+                ppid = int(line.split()[1])
+                break
+    if ppid > 0:
+        if ptrace.same_vm(tid, ppid):
+            return "a vfork parent"
+        # A leader that exited leaves no memory to compare, while its
+        # threads (one of them the vforking one) share it still.
+        with open(f"/proc/{ppid}/stat", "rb") as f:
+            if f.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
+                return "a vfork parent"
+    with open(f"/proc/{tid}/maps", "rb") as f:
+        maps = f.read()
+    if b"[aio]" in maps:
+        return "Linux AIO"
+    for start, length in ranges:
+        pos, end = start, start + length
+        for line in maps.splitlines():
+            fields = line.split(None, 5)
+            lo, hi = (int(x, 16) for x in fields[0].split(b"-"))
+            if hi <= pos:
+                continue
+            if lo > pos:
+                break
+            name = fields[5].strip() if len(fields) > 5 else b""
+            private = fields[1][3:4] == b"p" and fields[4] == b"0"
+            if not private or not (name in _PRIVATE_NAMES or name.startswith(b"[anon:")):
+                return "shared or file-backed memory"
+            pos = hi
+            if pos >= end:
+                break
+        if pos < end:
+            return "unmapped memory"
+    return None
+
+
+def _abstract_only(s: SandboxSession, w: Worker, n: notify.SeccompNotif, base: int,
+                   vlen: int) -> None:  # fmt: skip
+    """sendmmsg continued: every entry must carry no address or an
+    abstract one, all of it private (:func:`_unshared`); raise otherwise."""
+    ranges = [(base, MMSGHDR_SIZE * vlen)]
+    first = b""
+    for i in range(vlen):
+        name, namelen = MSGHDR.unpack(w.mem.read(n.pid, base + MMSGHDR_SIZE * i, MSGHDR.size))[:2]
+        if not name or not namelen:
+            continue
+        raw = _sockaddr(w, n, name, namelen)
+        family = struct.unpack_from("=H", raw)[0]
+        if family != AF_UNIX or (len(raw) > 2 and raw[2] != 0):
+            # Another kind of address after an abstract one: the kernel
+            # would send it undecided.  The caller sends it on its own.
+            raise Denied(errno.EACCES)
+        first = first or raw
+        ranges.append((name, len(raw)))
+    _unshared(s, w, n, first, ranges)
+
+
 def _their_socket(s: SandboxSession, w: Worker, n: notify.SeccompNotif, fd: int, addr: int,
                   length: int) -> tuple[int, int, bytes]:  # fmt: skip
     """``(our duplicate of the caller's socket fd, its SO_TYPE, the
@@ -296,6 +413,9 @@ def h_bind(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller)
         else:
             target = _decide(s, w, n, caller, raw, 0, Category.NET_BIND)
             if target.passthrough:
+                # Bound again by the kernel: as a path, it would make a
+                # socket file that no create rule decided.
+                _unshared(s, w, n, raw, [(a[1], len(raw))])
                 w.resp.cont(s.listener, n.id)
                 return
             buf = ctypes.create_string_buffer(target.raw, len(target.raw))
@@ -361,6 +481,7 @@ def h_sendto(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Calle
         target = _decide(s, w, n, caller, raw, _getsockopt_type(sock), None)
         try:
             if target.passthrough:
+                _unshared(s, w, n, raw, [(a[4], len(raw))])
                 w.resp.cont(s.listener, n.id)
                 return
             dbuf = ctypes.create_string_buffer(data, max(len(data), 1))
@@ -421,9 +542,12 @@ def _sendmsg_one(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: C
                 off += (clen + 7) & ~7
         target = None
         if name and namelen:
-            target = _decide(s, w, n, caller, _sockaddr(w, n, name, namelen), sock_type, None)
+            raw = _sockaddr(w, n, name, namelen)
+            target = _decide(s, w, n, caller, raw, sock_type, None)
             if target.passthrough:
                 target.close()
+                # The kernel reads the header and the address again.
+                _unshared(s, w, n, raw, [(hdr_addr, MSGHDR.size), (name, len(raw))])
                 return None
         else:
             s.valid(w, n)
@@ -495,6 +619,9 @@ def h_sendmmsg(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Cal
             if sent is None:
                 if count:
                     break
+                # Continued, the call sends every entry: each must be one
+                # the kernel may take as it is (see _abstract_only).
+                _abstract_only(s, w, n, a[1], vlen)
                 w.resp.cont(s.listener, n.id)
                 return
             w.mem.write(n.pid, entry + MSGHDR.size, struct.pack("=I", sent))
