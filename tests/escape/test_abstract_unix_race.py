@@ -17,6 +17,7 @@ process in the same sandbox, by connect and by sendto.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -208,3 +209,28 @@ attempt("client", lambda: os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
     assert v["stream"] == {"name": "stream", "errno": 0, "value": "hello"}
     assert v["datagram"] == {"name": "datagram", "errno": 0, "value": "datagram"}
     assert v["client"]["value"] == 0
+
+
+def test_memory_is_shared_with_another_process_only_by_vfork() -> None:
+    # What lets the supervisor trust a one-thread caller's memory once its
+    # parent is not sharing it (kcmp): CLONE_VM without CLONE_THREAD only
+    # with CLONE_VFORK, and never with CLONE_PARENT (plan/filter.py).
+    _, v = run_probe(
+        """
+SIGCHLD, CLONE_VM, CLONE_VFORK, CLONE_PARENT = 17, 0x100, 0x4000, 0x8000
+def refused(flags):
+    # Refused by the filter before any child exists (none could run here).
+    return sys_call(56, flags, 0, 0, 0, 0)
+attempt("shared memory", lambda: refused(SIGCHLD | CLONE_VM))
+attempt("vfork as a sibling", lambda: refused(SIGCHLD | CLONE_VM | CLONE_VFORK | CLONE_PARENT))
+# posix_spawn is glibc's clone(CLONE_VM | CLONE_VFORK): it still works.
+def spawn():
+    pid = os.posix_spawn("/usr/bin/true", ["true"], {})
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+attempt("posix_spawn", spawn)
+""",
+        exec=["/usr/bin"],
+    )
+    assert v["shared memory"]["errno"] == errno.EPERM
+    assert v["vfork as a sibling"]["errno"] == errno.EPERM
+    assert v["posix_spawn"] == {"name": "posix_spawn", "errno": 0, "value": 0}

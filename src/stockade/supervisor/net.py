@@ -317,8 +317,18 @@ def _writers(tid: int, ranges: list[tuple[int, int]]) -> str | None:
                 ppid = int(line.split()[1])
                 break
     if ppid > 0:
-        if ptrace.same_vm(tid, ppid):
-            return "a vfork parent"
+        try:
+            if ptrace.same_vm(tid, ppid):
+                return "a vfork parent"
+        except PermissionError:
+            # A parent we may not trace while we may trace the caller (we
+            # read its memory): other credentials or capabilities (the fork
+            # server above the sandbox's first process), or not dumpable.
+            # A vfork parent has the caller's address space, so its
+            # dumpability, and the caller's credentials: in the sandbox no
+            # process can gain privileges, nor shed uids or capabilities
+            # below what we have over it.
+            pass
         # A leader that exited leaves no memory to compare, while its
         # threads (one of them the vforking one) share it still.
         with open(f"/proc/{ppid}/stat", "rb") as f:
