@@ -142,7 +142,6 @@ def denied(workdir: Path) -> Iterator[tuple[_Listener, str]]:
     path = str(denied_dir / "s")
     unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     unix.bind(path)
-    os.chmod(path, 0o777)
     unix.listen(4096)
     listener = _Listener(unix)
     try:

@@ -27,7 +27,6 @@ from pathlib import Path
 import pytest
 
 import stockade
-
 from conftest import SYSTEM
 
 SECONDS = 3.0
@@ -227,14 +226,47 @@ def test_an_allowed_exec_from_a_multithreaded_process_still_works(workdir: Path)
             "-c",
             "import os, threading\n"
             "threading.Thread(target=lambda: None).start()\n"
-            "for path in ('/nonexistent', %r):\n"
+            f"for path in ('/nonexistent', {str(bin_dir / 'no-prog')!r}):\n"
             "    try:\n"
             "        os.execv(path, ['x'])\n"
             "    except OSError as e:\n"
-            "        print(path.rsplit('/', 1)[-1], e.errno)\n" % str(bin_dir / "no-prog"),
+            "        print(path.rsplit('/', 1)[-1], e.errno)\n",
         ],
         capture=True,
         timeout=60,
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout == b"nonexistent 2\nno-prog 13\n"
+
+
+def test_scripts_still_run_and_a_raced_script_is_checked(workdir: Path) -> None:
+    # A script's image is its interpreter: the check then holds the
+    # interpreter the decided script names, and the name the kernel used.
+    bin_dir = _build(workdir)
+    script = bin_dir / "ok-script"
+    script.write_text("#!/bin/sh\necho script ran \"$0\"\n")
+    via_env = bin_dir / "ok-env"
+    via_env.write_text("#!/usr/bin/env python3\nprint('python script ran')\n")
+    for path in (script, via_env):
+        path.chmod(0o755)
+    sb = stockade.Sandbox(
+        read=[*SYSTEM, str(bin_dir)],
+        exec=[str(bin_dir), "/usr", "/lib", "/lib64", "/bin"],
+        rules=[f"deny/exec+{bin_dir}/no-*"],
+    )
+    res = sb.run([str(script)], capture=True, timeout=60)
+    assert (res.returncode, res.stdout) == (0, f"script ran {script}\n".encode()), res.stderr
+    res = sb.run([str(via_env)], capture=True, timeout=60)
+    assert (res.returncode, res.stdout) == (0, b"python script ran\n"), res.stderr
+    # The script's name flipped with the denied program's (same length):
+    # whichever the kernel took, the denied one never runs.
+    good = bin_dir / "ok-scri"
+    good.write_text("#!/bin/sh\nexit 0\n")
+    good.chmod(0o755)
+    res = sb.run([str(bin_dir / "racer"), str(good), str(bin_dir / "no-prog"), "1", "thread"],
+                 capture=True, timeout=60)  # fmt: skip
+    assert res.stdout is not None
+    out = res.stdout.decode(errors="replace")
+    assert res.returncode == 0, (out, res.stderr)
+    assert "DENIED PROGRAM RAN" not in out and " denied=0 " in out, out
+    assert re.search(r"allowed=[1-9]", out), out

@@ -661,41 +661,44 @@ def _interpreter(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: C
     """``(device, inode)`` of the program that runs the script on *fd*
     (following nested interpreters as the kernel does), or None if it is
     no script or cannot be read."""
+    found: tuple[int, int] | None = None
     try:
-        current = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        for depth in range(MAX_INTERPRETERS + 1):
-            head = os.pread(current, 256, 0)
-            if not head.startswith(b"#!"):
-                if depth == 0:
-                    return None
-                st = os.fstat(current)
-                return (st.st_dev, st.st_ino)
-            line = head[2:].split(b"\n", 1)[0].replace(b"\t", b" ").strip(b" ")
-            name = line.split(b" ", 1)[0]
-            if not name:
-                return None
+        name = _shebang(fd)
+        for _ in range(MAX_INTERPRETERS):
+            if name is None:
+                break
             # Resolved as the kernel does for the new image: in the
             # sandbox's root, from its working directory.
             ours = open_in_root(s.root_fd(w, n), caller, absolute(pid, AT_FDCWD, name), O_PATH,
                                 0, _scratch(w).how)  # fmt: skip
             try:
                 st = os.fstat(ours)
-                try:
-                    nxt = os.open(f"/proc/self/fd/{ours}", os.O_RDONLY | O_CLOEXEC)
-                except OSError:
-                    return (st.st_dev, st.st_ino)  # unreadable: no script
+                found = (st.st_dev, st.st_ino)
+                name = _shebang(ours)  # nested: a script may run a script
             finally:
                 os.close(ours)
-            os.close(current)
-            current = nxt
+    except OSError:
         return None
+    return found
+
+
+def _shebang(ours: int) -> bytes | None:
+    """The interpreter a ``#!`` line of the file our O_PATH *ours* is on
+    names, or None (no script, or unreadable to us)."""
+    try:
+        fd = os.open(f"/proc/self/fd/{ours}", os.O_RDONLY | O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        head = os.pread(fd, 256, 0)
     except OSError:
         return None
     finally:
-        os.close(current)
+        os.close(fd)
+    if not head.startswith(b"#!"):
+        return None
+    line = head[2:].split(b"\n", 1)[0].replace(b"\t", b" ").strip(b" ")
+    return line.split(b" ", 1)[0] or None
 
 
 def _new_execfn(w: Worker, pid: int) -> bytes | None:

@@ -310,53 +310,65 @@ def _writers(tid: int, ranges: list[tuple[int, int]]) -> str | None:
     """None when nobody but thread *tid* can write *ranges*; else who can."""
     if not _one_thread(tid):
         return "another thread"
+    if _vfork_parent(tid):
+        return "a vfork parent"
+    with open(f"/proc/{tid}/maps", "rb") as f:
+        maps = f.read()
+    if b"[aio]" in maps:
+        return "Linux AIO"
+    for start, length in ranges:
+        problem = _private_anonymous(maps, start, start + length)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _vfork_parent(tid: int) -> bool:
+    """Whether the parent of *tid* may share its address space."""
     ppid = 0
     with open(f"/proc/{tid}/status", "rb") as f:
         for line in f:
             if line.startswith(b"PPid:"):
                 ppid = int(line.split()[1])
                 break
-    if ppid > 0:
-        try:
-            if ptrace.same_vm(tid, ppid):
-                return "a vfork parent"
-        except PermissionError:
-            # A parent we may not trace while we may trace the caller (we
-            # read its memory): other credentials or capabilities (the fork
-            # server above the sandbox's first process), or not dumpable.
-            # A vfork parent has the caller's address space, so its
-            # dumpability, and the caller's credentials: in the sandbox no
-            # process can gain privileges, nor shed uids or capabilities
-            # below what we have over it.
-            pass
-        # A leader that exited leaves no memory to compare, while its
-        # threads (one of them the vforking one) share it still.
-        with open(f"/proc/{ppid}/stat", "rb") as f:
-            if f.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
-                return "a vfork parent"
-    with open(f"/proc/{tid}/maps", "rb") as f:
-        maps = f.read()
-    if b"[aio]" in maps:
-        return "Linux AIO"
-    for start, length in ranges:
-        pos, end = start, start + length
-        for line in maps.splitlines():
-            fields = line.split(None, 5)
-            lo, hi = (int(x, 16) for x in fields[0].split(b"-"))
-            if hi <= pos:
-                continue
-            if lo > pos:
-                break
-            name = fields[5].strip() if len(fields) > 5 else b""
-            private = fields[1][3:4] == b"p" and fields[4] == b"0"
-            if not private or not (name in _PRIVATE_NAMES or name.startswith(b"[anon:")):
-                return "shared or file-backed memory"
-            pos = hi
-            if pos >= end:
-                break
-        if pos < end:
-            return "unmapped memory"
-    return None
+    if ppid <= 0:
+        return False
+    try:
+        if ptrace.same_vm(tid, ppid):
+            return True
+    except PermissionError:
+        # A parent we may not trace while we may trace the caller (we
+        # read its memory): other credentials or capabilities (the fork
+        # server above the sandbox's first process), or not dumpable.  A
+        # vfork parent has the caller's address space, so its
+        # dumpability, and the caller's credentials: in the sandbox no
+        # process can gain privileges, nor shed uids or capabilities below
+        # what we have over it.
+        pass
+    # A leader that exited leaves no memory to compare, while its threads
+    # (one of them the vforking one) share it still.
+    with open(f"/proc/{ppid}/stat", "rb") as f:
+        return f.read().rsplit(b")", 1)[-1].split()[0] == b"Z"
+
+
+def _private_anonymous(maps: bytes, pos: int, end: int) -> str | None:
+    """None when [pos, end) lies in private anonymous mappings of *maps*
+    (a /proc/PID/maps text); else what it lies in."""
+    for line in maps.splitlines():
+        fields = line.split(None, 5)
+        lo, hi = (int(x, 16) for x in fields[0].split(b"-"))
+        if hi <= pos:
+            continue
+        if lo > pos:
+            break
+        name = fields[5].strip() if len(fields) > 5 else b""
+        private = fields[1][3:4] == b"p" and fields[4] == b"0"
+        if not private or not (name in _PRIVATE_NAMES or name.startswith(b"[anon:")):
+            return "shared or file-backed memory"
+        pos = hi
+        if pos >= end:
+            return None
+    return "unmapped memory"
 
 
 def _abstract_only(s: SandboxSession, w: Worker, n: notify.SeccompNotif, base: int,
