@@ -244,7 +244,7 @@ def test_scripts_still_run_and_a_raced_script_is_checked(workdir: Path) -> None:
     # interpreter the decided script names, and the name the kernel used.
     bin_dir = _build(workdir)
     script = bin_dir / "ok-script"
-    script.write_text("#!/bin/sh\necho script ran \"$0\"\n")
+    script.write_text('#!/bin/sh\necho script ran "$0"\n')
     via_env = bin_dir / "ok-env"
     via_env.write_text("#!/usr/bin/env python3\nprint('python script ran')\n")
     for path in (script, via_env):
