@@ -27,6 +27,7 @@ Some facts the supervisor relies on:
 from __future__ import annotations
 
 import os
+import time
 
 from stockade.kernel import _ffi
 
@@ -59,16 +60,79 @@ def detach(tid: int, sig: int = 0) -> None:
     _ffi.syscall(SYS_ptrace, PTRACE_DETACH, tid, 0, sig)
 
 
-def wait(tid: int) -> int:
-    """The next wait status of this thread's tracee *tid* (blocking);
-    raises ChildProcessError when it is not (or no longer) ours."""
-    return os.waitpid(tid, WALL | WNOTHREAD)[1]
+def next_stop(tid: int, tgid: int) -> tuple[int, int] | None:
+    """``(pid, waitpid status)`` of the next stop of this thread's tracee,
+    thread *tid* of process *tgid*, blocking; None once it has ended
+    instead.
+
+    A thread that was not the leader has the leader's tid after its exec,
+    and a wait on its old tid would never wake: such a tracee is waited
+    for as any tracee of this thread (the caller of :func:`seize` keeps
+    one at a time, and threads that trace have no children).  An ended
+    tracee is looked at without reaping it first: reaping a process whose
+    real parent is this very process would take its exit status from
+    that parent's own wait (Popen would see 0), so such a process is left
+    for it.  Any other is reaped, which hands it to its parent (or, for a
+    thread, lets its thread group end).
+    """
+    options = os.WEXITED | os.WSTOPPED | os.WNOWAIT | WALL | WNOTHREAD
+    while True:
+        try:
+            if tid == tgid:
+                info = os.waitid(os.P_PID, tid, options)
+            else:
+                info = os.waitid(os.P_ALL, 0, options)
+        except ChildProcessError:
+            return None
+        if info is None:  # only with WNOHANG
+            return None
+        pid = info.si_pid
+        if pid not in (tid, tgid):
+            # An earlier tracee left for this process's own wait is in the
+            # way of a wait for any: look at ours only, a while apart.
+            found = _poll(tid, tgid)
+            if found is None:
+                continue
+            pid, code = found
+        else:
+            code = info.si_code
+        try:
+            if code in (os.CLD_TRAPPED, os.CLD_STOPPED):
+                return os.waitpid(pid, WALL | WNOTHREAD)
+            if not _parent_reaps(pid):
+                os.waitpid(pid, WALL | WNOTHREAD)
+        except ChildProcessError:
+            pass
+        return None
 
 
-def wait_any() -> tuple[int, int]:
-    """``(pid, status)`` of the next event of any tracee (or child) of this
-    thread (blocking); raises ChildProcessError when it has none."""
-    return os.waitpid(-1, WALL | WNOTHREAD)
+def _poll(tid: int, tgid: int) -> tuple[int, int] | None:
+    options = os.WEXITED | os.WSTOPPED | os.WNOWAIT | os.WNOHANG | WALL | WNOTHREAD
+    for pid in (tid, tgid):
+        try:
+            info = os.waitid(os.P_PID, pid, options)
+        except ChildProcessError:
+            continue
+        if info is not None:
+            return pid, info.si_code
+    time.sleep(0.001)
+    return None
+
+
+def _parent_reaps(pid: int) -> bool:
+    """Whether ended tracee *pid* is a process whose real parent is this
+    process (its wait reaps it, the ptrace link notwithstanding)."""
+    tgid = ppid = -1
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    tgid = int(line.split()[1])
+                elif line.startswith(b"PPid:"):
+                    ppid = int(line.split()[1])
+    except OSError:
+        return False
+    return tgid == pid and ppid == os.getpid()
 
 
 def same_vm(pid1: int, pid2: int) -> bool:

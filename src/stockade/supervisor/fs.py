@@ -576,7 +576,7 @@ def _exec_verified(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller:
         _follow_exec(s, w, n, caller, tid, tgid, fd, path, execfn)
     except BaseException:
         # Whatever went wrong, no unchecked image may run.
-        _kill_tracee(tid if tid == tgid else tgid)
+        _kill_tracee(tid, tgid)
         raise
 
 
@@ -590,45 +590,32 @@ def _tgid(tid: int) -> int:
 
 def _follow_exec(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller, tid: int,
                  tgid: int, fd: int, path: str, execfn: bytes) -> None:  # fmt: skip
-    while True:
-        try:
-            # Any tracee of this thread: there is one, the caller, whose tid
-            # is the leader's once a thread that was not the leader execed
-            # (a wait on its old tid would never wake).  Worker threads
-            # have no children of their own.
-            pid, status = ptrace.wait_any()
-        except ChildProcessError:
-            return  # gone: killed, and reaped by its parent
-        if pid not in (tid, tgid):
-            continue
-        if not os.WIFSTOPPED(status):
-            return  # exited or killed; our wait handed it back to its parent
-        event = status >> 16
-        if event == ptrace.PTRACE_EVENT_EXEC:
-            problem = _image_problem(s, w, n, caller, pid, fd, execfn)
-            if problem is None:
-                ptrace.detach(pid)
-                return
-            _kill_tracee(pid)
-            _exec_event(s, n, path, problem)
+    stop = ptrace.next_stop(tid, tgid)
+    if stop is None:
+        return  # ended (killed): nothing of a new image ran
+    pid, status = stop
+    event = status >> 16
+    if event == ptrace.PTRACE_EVENT_EXEC:
+        problem = _image_problem(s, w, n, caller, pid, fd, execfn)
+        if problem is None:
+            ptrace.detach(pid)
             return
-        # Our interrupt, a group stop, or a signal on the way out of a
-        # failed exec: let it go as it was (the signal delivered).
-        ptrace.detach(pid, 0 if event else os.WSTOPSIG(status))
+        _kill_tracee(pid, pid)
+        _exec_event(s, n, path, problem)
         return
+    # Our interrupt, a group stop, or a signal on the way out of a failed
+    # exec: let it go as it was (the signal delivered).
+    ptrace.detach(pid, 0 if event else os.WSTOPSIG(status))
 
 
-def _kill_tracee(pid: int) -> None:
-    """SIGKILL the process of our tracee *pid* and wait for the tracee's
-    end, so that its parent (and its thread group) can have it."""
+def _kill_tracee(tid: int, tgid: int) -> None:
+    """SIGKILL the process of our tracee, and see the tracee end."""
     try:
-        os.kill(pid, 9)
-        while True:
-            _, status = ptrace.wait_any()
-            if not os.WIFSTOPPED(status):
-                return
-    except (ProcessLookupError, ChildProcessError):
-        pass
+        os.kill(tgid, 9)
+    except ProcessLookupError:
+        return
+    while ptrace.next_stop(tid, tgid) is not None:
+        pass  # a stop reported before the kill took
 
 
 def _exec_event(s: SandboxSession, n: notify.SeccompNotif, path: str, reason: str) -> None:
