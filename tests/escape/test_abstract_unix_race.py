@@ -233,3 +233,42 @@ attempt("posix_spawn", spawn)
     assert v["shared memory"]["errno"] == errno.EPERM
     assert v["vfork as a sibling"]["errno"] == errno.EPERM
     assert v["posix_spawn"] == {"name": "posix_spawn", "errno": 0, "value": 0}
+
+
+def test_an_address_in_a_file_mapping_is_taken_once_copied(workdir: Path) -> None:
+    # A private file mapping shows the file until a page is written: a
+    # write(2) to the file by anyone would change the address under the
+    # kernel's second read.  Once the page is copied, it is the caller's.
+    writable = workdir / "ok"
+    writable.mkdir()
+    name = f"stockade-file-{os.getpid()}"
+    _, v = run_probe(
+        f"""
+import mmap, struct
+NAME = {name!r}
+SIZE = 110
+abstract = (struct.pack("=H", socket.AF_UNIX) + b"\\0" + NAME.encode()).ljust(SIZE, b"\\0")
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind(abstract[2:])
+server.listen(8)
+path = {str(writable / "addr")!r}
+with open(path, "wb") as f:
+    f.write(abstract.ljust(4096, b"\\0"))
+fd = os.open(path, os.O_RDWR)
+mem = mmap.mmap(fd, 4096, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
+buf = (ctypes.c_char * SIZE).from_buffer(mem)
+def connect():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        return sys_call(42, s.fileno(), ctypes.addressof(buf), SIZE)
+    finally:
+        s.close()
+attempt("file page", connect)
+buf[:] = abstract  # copy on write: the page is the process's own now
+attempt("copied page", connect)
+""",
+        write=[str(writable)],
+        timeout=60,
+    )
+    assert v["file page"]["errno"] == errno.EACCES
+    assert v["copied page"] == {"name": "copied page", "errno": 0, "value": 0}

@@ -132,3 +132,61 @@ def pidfd_getfd(pidfd: int, targetfd: int) -> int:
     """A duplicate of *targetfd* of the process behind *pidfd* (CLOEXEC;
     close it); raises OSError (EBADF: no such descriptor there)."""
     return _ffi.syscall(_ffi.SYS_pidfd_getfd, pidfd, targetfd, 0)
+
+
+# -- what backs another process's memory -------------------------------------------
+
+#: ioctl(2) on a /proc/PID/maps descriptor (6.11): the mapping at an address.
+PROCMAP_QUERY = 0xC0686611
+PROCMAP_QUERY_VMA_WRITABLE = 0x02
+PROCMAP_QUERY_VMA_SHARED = 0x08
+#: /proc/PID/pagemap entry bits: present, swapped, file page or shared anonymous.
+PM_PRESENT = 1 << 63
+PM_SWAP = 1 << 62
+PM_FILE = 1 << 61
+
+
+class ProcmapQuery(ctypes.Structure):
+    """struct procmap_query (include/uapi/linux/fs.h)."""
+
+    _fields_ = [
+        ("size", ctypes.c_uint64),
+        ("query_flags", ctypes.c_uint64),
+        ("query_addr", ctypes.c_uint64),
+        ("vma_start", ctypes.c_uint64),
+        ("vma_end", ctypes.c_uint64),
+        ("vma_flags", ctypes.c_uint64),
+        ("vma_page_size", ctypes.c_uint64),
+        ("vma_offset", ctypes.c_uint64),
+        ("inode", ctypes.c_uint64),
+        ("dev_major", ctypes.c_uint32),
+        ("dev_minor", ctypes.c_uint32),
+        ("vma_name_size", ctypes.c_uint32),
+        ("build_id_size", ctypes.c_uint32),
+        ("vma_name_addr", ctypes.c_uint64),
+        ("build_id_addr", ctypes.c_uint64),
+    ]
+
+
+def mapping(maps_fd: int, addr: int, query: ProcmapQuery) -> None:
+    """Fill *query* with the mapping that covers *addr*, asked on a
+    /proc/PID/maps descriptor; raises OSError (ENOENT: none covers it;
+    ENOTTY: a kernel older than 6.11)."""
+    query.size = ctypes.sizeof(ProcmapQuery)
+    query.query_flags = 0
+    query.query_addr = addr
+    query.vma_name_size = 0
+    query.build_id_size = 0
+    while _ffi.ioctl(maps_fd, PROCMAP_QUERY, ctypes.addressof(query)) != 0:
+        err = ctypes.get_errno()
+        if err != errno.EINTR:
+            raise OSError(err, os.strerror(err))
+
+
+def page_flags(pagemap_fd: int, addr: int) -> int:
+    """The /proc/PID/pagemap entry of the page at *addr* (flags only are
+    meaningful without CAP_SYS_ADMIN)."""
+    data = os.pread(pagemap_fd, 8, (addr // PAGE_SIZE) * 8)
+    if len(data) != 8:
+        raise OSError(errno.EFAULT, os.strerror(errno.EFAULT))
+    return int.from_bytes(data, "little")

@@ -273,9 +273,11 @@ QUICK[_NR_CONNECT] = q_connect
 #   allows CLONE_VM without CLONE_THREAD only as vfork does it (no
 #   CLONE_PARENT), so the only other process that can is the caller's
 #   parent, while the caller is its vfork child: compared with kcmp;
-# - the bytes lie in private anonymous memory (stack, heap, an anonymous
-#   MAP_PRIVATE mapping): no MAP_SHARED mapping another process could
-#   write, no file mapping that a write(2) to the file would change;
+# - the bytes lie in memory only the caller can write: private anonymous
+#   memory (stack, heap, an anonymous MAP_PRIVATE mapping), or a written
+#   (copied) page of a private file mapping, a global in .data say; not a
+#   MAP_SHARED mapping another process could write, nor a file's page that
+#   a write(2) to the file would change (PROCMAP_QUERY, /proc/PID/pagemap);
 # - no Linux AIO context is mapped (a direct read completes into memory
 #   after io_submit returned), and process_vm_writev, ptrace and io_uring
 #   are refused by the filter.
@@ -283,9 +285,6 @@ QUICK[_NR_CONNECT] = q_connect
 # Otherwise the call is refused (EACCES) with an event that says why: a
 # multithreaded program cannot reach an abstract socket while the write
 # rules are routed, but a one-thread client (D-Bus style) can.
-_PRIVATE_NAMES = (b"", b"[heap]", b"[stack]")
-
-
 def _unshared(s: SandboxSession, w: Worker, n: notify.SeccompNotif, raw: bytes,
               ranges: list[tuple[int, int]]) -> None:  # fmt: skip
     """Return if the caller's bytes at *ranges* (holding the abstract
@@ -295,7 +294,11 @@ def _unshared(s: SandboxSession, w: Worker, n: notify.SeccompNotif, raw: bytes,
         # No name at all, and a length the caller cannot change (a call's
         # argument): only the family is read again, and no path fits.
         return
-    problem = _writers(n.pid, ranges)
+    try:
+        problem = _writers(n.pid, ranges)
+    except OSError as err:
+        # Cannot tell (a kernel without PROCMAP_QUERY, say): refused.
+        problem = f"cannot tell: {os.strerror(err.errno or 0)}"
     s.valid(w, n)
     if problem is None:
         return
@@ -312,25 +315,33 @@ def _writers(tid: int, ranges: list[tuple[int, int]]) -> str | None:
         return "another thread"
     if _vfork_parent(tid):
         return "a vfork parent"
-    with open(f"/proc/{tid}/maps", "rb") as f:
-        maps = f.read()
-    if b"[aio]" in maps:
+    maps = os.open(f"/proc/{tid}/maps", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for start, length in ranges:
+            problem = _private(tid, maps, start, start + length)
+            if problem is not None:
+                return problem
+    finally:
+        os.close(maps)
+    if _aio_in_use(tid):
         return "Linux AIO"
-    for start, length in ranges:
-        problem = _private_anonymous(maps, start, start + length)
-        if problem is not None:
-            return problem
     return None
+
+
+def _aio_in_use(tid: int) -> bool:
+    """Whether *tid*'s process may have an AIO context: none exists on the
+    whole system, or it has no ring mapped (see the caveat in the guide:
+    a ring can be unmapped while its context lives)."""
+    with open("/proc/sys/fs/aio-nr", "rb") as f:
+        if int(f.read()) == 0:
+            return False
+    with open(f"/proc/{tid}/maps", "rb") as f:
+        return b"[aio]" in f.read()
 
 
 def _vfork_parent(tid: int) -> bool:
     """Whether the parent of *tid* may share its address space."""
-    ppid = 0
-    with open(f"/proc/{tid}/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"PPid:"):
-                ppid = int(line.split()[1])
-                break
+    ppid = _stat_fields(tid)[1]
     if ppid <= 0:
         return False
     try:
@@ -347,28 +358,53 @@ def _vfork_parent(tid: int) -> bool:
         pass
     # A leader that exited leaves no memory to compare, while its threads
     # (one of them the vforking one) share it still.
-    with open(f"/proc/{ppid}/stat", "rb") as f:
-        return f.read().rsplit(b")", 1)[-1].split()[0] == b"Z"
+    return _stat_fields(ppid)[0] == b"Z"
 
 
-def _private_anonymous(maps: bytes, pos: int, end: int) -> str | None:
-    """None when [pos, end) lies in private anonymous mappings of *maps*
-    (a /proc/PID/maps text); else what it lies in."""
-    for line in maps.splitlines():
-        fields = line.split(None, 5)
-        lo, hi = (int(x, 16) for x in fields[0].split(b"-"))
-        if hi <= pos:
-            continue
-        if lo > pos:
-            break
-        name = fields[5].strip() if len(fields) > 5 else b""
-        private = fields[1][3:4] == b"p" and fields[4] == b"0"
-        if not private or not (name in _PRIVATE_NAMES or name.startswith(b"[anon:")):
-            return "shared or file-backed memory"
-        pos = hi
-        if pos >= end:
-            return None
-    return "unmapped memory"
+def _stat_fields(pid: int) -> tuple[bytes, int]:
+    """``(state, ppid)`` from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[-1].split(None, 3)
+    return fields[0], int(fields[1])
+
+
+def _private(tid: int, maps: int, pos: int, end: int) -> str | None:
+    """None when [pos, end) of *tid* is memory only it can write; else what
+    it is.  Private anonymous memory (stack, heap, anonymous MAP_PRIVATE)
+    is; so is a page of a private file mapping once written (copied on
+    write: the file no longer shows through).  Shared memory is not, nor a
+    file's page that a write(2) to the file would change."""
+    query = procmem.ProcmapQuery()
+    pagemap = -1
+    try:
+        while pos < end:
+            try:
+                procmem.mapping(maps, pos, query)
+            except FileNotFoundError:
+                return "unmapped memory"
+            if query.vma_flags & procmem.PROCMAP_QUERY_VMA_SHARED:
+                return "shared memory"
+            if query.inode == 0 and query.dev_major == 0 and query.dev_minor == 0:
+                # Anonymous; the kernel's own special mappings (vvar, which
+                # the kernel rewrites) are not writable.
+                if not query.vma_flags & procmem.PROCMAP_QUERY_VMA_WRITABLE:
+                    return "a special mapping"
+                pos = query.vma_end
+                continue
+            if pagemap < 0:
+                pagemap = os.open(f"/proc/{tid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+            stop = min(end, query.vma_end)
+            page = pos - pos % procmem.PAGE_SIZE
+            while page < stop:
+                entry = procmem.page_flags(pagemap, page)
+                if entry & procmem.PM_FILE or not entry & (procmem.PM_PRESENT | procmem.PM_SWAP):
+                    return "file-backed memory"
+                page += procmem.PAGE_SIZE
+            pos = stop
+        return None
+    finally:
+        if pagemap >= 0:
+            os.close(pagemap)
 
 
 def _abstract_only(s: SandboxSession, w: Worker, n: notify.SeccompNotif, base: int,
