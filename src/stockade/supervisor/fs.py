@@ -13,13 +13,14 @@ Nothing is continued after a path was read, except:
   opened, executed or looked up through it is decided on its own; a path
   swapped after our check could only reveal metadata (``stat``).
 
-- ``execve``/``execveat``: only the kernel can replace the caller's image.
-  The decision is made on the file we resolved, then the call continues,
-  and the kernel reads the path again: a thread of the caller that swaps
-  the path in between executes another file.  What bounds it: Landlock's
-  EXECUTE right (the outer bound of every exec rule) still applies to
-  that second lookup, so the swap can only reach a file some exec rule's
-  literal prefix covers.  This is a known gap (see docs/guide.md).
+- ``execve``/``execveat``: only the kernel can replace the caller's
+  image, so the call is continued, and the kernel reads the path again
+  (a thread that swaps it in between, or a process sharing the memory,
+  or a rename, could make it run another file).  So the supervisor traces
+  the calling thread through the exec (PTRACE_SEIZE before the answer)
+  and, stopped before the new program's first instruction, compares the
+  image the kernel loaded with the file it decided on: the process is
+  killed if they differ (see :func:`_exec_verified`).
 - ``chdir``/``fchdir``: a working directory grants nothing; every access
   made from it is decided on its own object.
 - ``ioctl``: the request's argument is the caller's memory, so only the
@@ -581,11 +582,16 @@ def _exec_verified(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller:
 
 
 def _tgid(tid: int) -> int:
-    with open(f"/proc/{tid}/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"Tgid:"):
-                return int(line.split()[1])
-    raise OSError(errno.ESRCH, os.strerror(errno.ESRCH))
+    """The process (thread group) of thread *tid*, in our pid namespace."""
+    fd = os.open(f"/proc/{tid}/status", os.O_RDONLY | O_CLOEXEC)
+    try:
+        data = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    at = data.find(b"\nTgid:")
+    if at < 0:
+        raise OSError(errno.ESRCH, os.strerror(errno.ESRCH))
+    return int(data[at + 6 : data.index(b"\n", at + 1)])
 
 
 def _follow_exec(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller, tid: int,

@@ -20,9 +20,11 @@ and decided on: the kernel never reads the caller's sockaddr again.
 - Abstract and unnamed UNIX addresses are continued: Landlock scopes
   abstract sockets to the sandbox, and the supervisor, which has no
   Landlock domain, must not connect them itself.  The kernel then reads
-  the address again, so a thread that swaps an abstract address for a
-  path between our read and the kernel's reaches a path socket
-  unchecked: a known gap (docs/guide.md).
+  the address again, so the call is continued only when nobody but the
+  caller can rewrite it meanwhile (one thread, no vfork parent sharing
+  its memory, the bytes in memory only it can write); otherwise it is
+  refused (EACCES, with an event).  :func:`_unshared` says why that is
+  enough.
 """
 
 from __future__ import annotations
