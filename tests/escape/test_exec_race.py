@@ -204,7 +204,10 @@ def test_an_allowed_exec_from_a_multithreaded_process_still_works(workdir: Path)
         "    while True:\n"
         "        time.sleep(0.001)\n"
         "threading.Thread(target=spin, daemon=True).start()\n"
+        "import subprocess\n"
         "def run():\n"
+        # vfork (posix_spawn) from a threaded parent, then exec itself.
+        f"    subprocess.run([{str(bin_dir / 'ok-prog')!r}], check=True)\n"
         f"    os.execv({str(bin_dir / 'ok-prog')!r}, ['ok'])\n"
         "t = threading.Thread(target=run)\n"
         "t.start()\n"
