@@ -38,6 +38,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import signal
 import stat
 import struct
 
@@ -617,7 +618,7 @@ def _follow_exec(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: C
 def _kill_tracee(tid: int, tgid: int) -> None:
     """SIGKILL the process of our tracee, and see the tracee end."""
     try:
-        os.kill(tgid, 9)
+        os.kill(tgid, signal.SIGKILL)
     except ProcessLookupError:
         return
     while ptrace.next_stop(tid, tgid) is not None:
