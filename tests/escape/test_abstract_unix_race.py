@@ -272,3 +272,50 @@ attempt("copied page", connect)
     )
     assert v["file page"]["errno"] == errno.EACCES
     assert v["copied page"] == {"name": "copied page", "errno": 0, "value": 0}
+
+
+def test_sendmmsg_never_carries_a_path_after_an_abstract_address(workdir: Path) -> None:
+    # Continued for its first (abstract) entry, a sendmmsg would send every
+    # entry: a path after it would reach a socket no write rule decided.
+    writable = workdir / "ok"
+    writable.mkdir()
+    denied_dir = workdir / "denied"
+    denied_dir.mkdir()
+    path = str(denied_dir / "d")
+    host = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    host.bind(path)
+    host.setblocking(False)
+    name = f"stockade-mmsg-{os.getpid()}"
+    try:
+        _, v = run_probe(
+            f"""
+import struct
+NAME, PATH = {name!r}, {path!r}
+own = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+own.bind("\\0" + NAME)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+def sockaddr(text):
+    return ctypes.create_string_buffer(struct.pack("=H", socket.AF_UNIX) + text, 110)
+names = [sockaddr(b"\\0" + NAME.encode()), sockaddr(PATH.encode())]
+lengths = [3 + len(NAME), 2 + len(PATH) + 1]
+data = ctypes.create_string_buffer(b"payload")
+iov = (ctypes.c_uint64 * 2)(ctypes.addressof(data), 7)
+vec = ctypes.create_string_buffer(64 * 2)
+for i in range(2):
+    struct.pack_into("=QI4xQQQQi4xI4x", vec, 64 * i, ctypes.addressof(names[i]), lengths[i],
+                     ctypes.addressof(iov), 1, 0, 0, 0, 0)
+attempt("sendmmsg", lambda: sys_call(307, s.fileno(), ctypes.addressof(vec), 2, 0))
+# The abstract entry alone still goes (one entry, the caller's own memory).
+attempt("one entry", lambda: sys_call(307, s.fileno(), ctypes.addressof(vec), 1, 0))
+attempt("received", lambda: own.recv(16).decode())
+""",
+            write=[str(writable)],
+            timeout=60,
+        )
+        with pytest.raises(BlockingIOError):
+            host.recv(16)
+        assert v["sendmmsg"]["errno"] == errno.EACCES, v["sendmmsg"]
+        assert v["one entry"] == {"name": "one entry", "errno": 0, "value": 1}
+        assert v["received"]["value"] == "payload"
+    finally:
+        host.close()
