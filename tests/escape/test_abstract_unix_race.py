@@ -319,3 +319,86 @@ attempt("received", lambda: own.recv(16).decode())
         assert v["received"]["value"] == "payload"
     finally:
         host.close()
+
+
+BIND_RACE = """
+import threading, time, struct
+PATH, SECONDS, NAME = {path!r}, {seconds}, {name!r}
+SIZE = 110
+unix = (struct.pack("=H", socket.AF_UNIX) + PATH.encode()).ljust(SIZE, b"\\0")
+abstract = (struct.pack("=H", socket.AF_UNIX) + b"\\0" + NAME.encode()).ljust(SIZE, b"\\0")
+buf = ctypes.create_string_buffer(abstract, SIZE)
+stop = time.monotonic() + SECONDS
+def flipper():
+    while time.monotonic() < stop:
+        ctypes.memmove(buf, unix, SIZE)
+        ctypes.memmove(buf, abstract, SIZE)
+threading.Thread(target=flipper, daemon=True).start()
+counts = {{}}
+while time.monotonic() < stop:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    ret = libc.syscall(ctypes.c_long(49), ctypes.c_long(s.fileno()), buf, ctypes.c_long(SIZE))
+    key = "ok" if ret == 0 else errno.errorcode.get(ctypes.get_errno(), "?")
+    counts[key] = counts.get(key, 0) + 1
+    s.close()
+    try:
+        os.unlink(PATH)
+    except OSError:
+        pass
+attempt("counts", lambda: json.dumps(counts))
+"""
+
+
+def test_a_bind_flipped_from_abstract_to_a_path_never_makes_a_denied_socket_file(
+    workdir: Path,
+) -> None:
+    # The write tree holds a directory that only the supervisor denies (a
+    # glob), so Landlock alone would let a socket file be made there.
+    tree = workdir / "tree"
+    (tree / "denied").mkdir(parents=True)
+    path = str(tree / "denied" / "s")
+    body = BIND_RACE.format(path=path, seconds=SECONDS, name=f"stockade-bind-{os.getpid()}")
+    res, v = run_probe(
+        body,
+        write=[str(tree)],
+        rules=[f"deny/{c}+{tree}/denied/**" for c in ("create", "write")],
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    counts = json.loads(v["counts"]["value"])
+    assert not os.path.exists(path), counts
+    # Each bind was taken as the address the supervisor read: the abstract
+    # one bound (each socket closed frees the name), the path refused.
+    assert counts.get("ok", 0) > 0 and counts.get("EACCES", 0) > 0, counts
+    assert set(counts) <= {"ok", "EACCES", "EADDRINUSE"}, counts
+    assert sum(counts.values()) > 10, counts
+
+
+def test_a_multithreaded_server_binds_an_abstract_address(workdir: Path) -> None:
+    writable = workdir / "ok"
+    writable.mkdir()
+    name = f"\0stockade-mt-{os.getpid()}"
+    _, v = run_probe(
+        f"""
+import threading, time
+NAME = {name!r}
+threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+attempt("bind", lambda: server.bind(NAME))
+server.listen(1)
+pid = os.fork()
+if pid == 0:
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    c.connect(NAME)
+    c.sendall(b"hi")
+    os._exit(0)
+conn, _ = server.accept()
+attempt("recv", lambda: conn.recv(4).decode())
+attempt("name", lambda: server.getsockname())
+""",
+        write=[str(writable)],
+        timeout=60,
+    )
+    assert v["bind"]["errno"] == 0, v
+    assert v["recv"]["value"] == "hi", v
+    assert v["name"]["value"] == repr(name.encode()), v

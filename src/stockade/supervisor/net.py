@@ -17,9 +17,11 @@ and decided on: the kernel never reads the caller's sockaddr again.
 - One connect is continued for speed: a TCP connect of a one-thread
   caller when ``net/connect`` is held by Landlock alone (:func:`q_connect`
   says why that is safe).  The receiver answers it, with no hand-off.
-- Abstract and unnamed UNIX addresses are continued: Landlock scopes
-  abstract sockets to the sandbox, and the supervisor, which has no
-  Landlock domain, must not connect them itself.  The kernel then reads
+- An abstract or unnamed UNIX address is bound by the supervisor, like
+  any address (Landlock scopes the socket by its file's credentials,
+  which stay the sandbox's).  A connect or send to one is continued:
+  Landlock scopes abstract sockets to the sandbox, and the supervisor,
+  which has no Landlock domain, must not connect them itself.  The kernel then reads
   the address again, so the call is continued only when nobody but the
   caller can rewrite it meanwhile (one thread, no vfork parent sharing
   its memory, the bytes in memory only it can write); otherwise it is
@@ -259,7 +261,7 @@ QUICK[_NR_CONNECT] = q_connect
 
 # Why an abstract address may be read again by the kernel, and when not:
 #
-# The supervisor must not connect (or bind, or send to) an abstract UNIX
+# The supervisor must not connect (or send to) an abstract UNIX
 # address itself: it has no Landlock domain, and Landlock's scoping of
 # abstract sockets (they reach only the sandbox's own) applies to the
 # process that connects.  So such a call is continued, and the kernel
@@ -480,11 +482,15 @@ def h_bind(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller)
         else:
             target = _decide(s, w, n, caller, raw, 0, Category.NET_BIND)
             if target.passthrough:
-                # Bound again by the kernel: as a path, it would make a
-                # socket file that no create rule decided.
-                _unshared(s, w, n, raw, [(a[1], len(raw))])
-                w.resp.cont(s.listener, n.id)
-                return
+                # An abstract or unnamed address is bound here, on our copy,
+                # and not continued: read again by the kernel, it could have
+                # become a path, a socket file no create rule decided.  Unlike
+                # a connect, a bind may be ours: Landlock scopes an abstract
+                # socket by the credentials of the file that holds it (the
+                # sandbox's, pidfd_getfd shares the file), not by who bound
+                # it, and the name lands in the socket's own network
+                # namespace.  So a multithreaded server binds as before.
+                s.valid(w, n)
             buf = ctypes.create_string_buffer(target.raw, len(target.raw))
             _syscall(_nr("bind"), sock, buf, len(target.raw))
     finally:
