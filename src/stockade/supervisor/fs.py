@@ -112,10 +112,6 @@ class _Scratch:
     def __init__(self) -> None:
         self.how = OpenHow()
         self.stat = ctypes.create_string_buffer(STATX_SIZE)
-        #: A descriptor the receiver opened without blocking and could not
-        #: hand over (a FIFO, a device), kept open until the worker's own
-        #: open of the same call is done (see :func:`q_open`).
-        self.held = -1
 
 
 def _scratch(worker: Worker) -> _Scratch:
@@ -215,19 +211,9 @@ def h_open(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller)
         dirfd, addr, flags, mode = AT_FDCWD, a[0], a[1] & 0xFFFFFFFF, a[2] & 0o7777
     else:  # creat
         dirfd, addr, flags, mode = AT_FDCWD, a[0], O_CREAT | O_WRONLY | O_TRUNC, a[1] & 0o7777
-    scratch = _scratch(w)
-    held, scratch.held = scratch.held, -1
-    try:
-        _open(s, w, n, caller, dirfd, addr, flags, mode, resolve, scratch)
-    finally:
-        if held >= 0:
-            os.close(held)
-
-
-def _open(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller, dirfd: int,
-          addr: int, flags: int, mode: int, resolve: int, scratch: _Scratch) -> None:  # fmt: skip
     full = _path_arg(s, w, n, dirfd, addr)
     cloexec = bool(flags & O_CLOEXEC)
+    scratch = _scratch(w)
     root = s.root_fd(w, n)
     # RESOLVE_* the caller asked for narrow our lookup further.
     extra = resolve & (RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
@@ -273,6 +259,7 @@ _S_IFREG = stat.S_IFREG
 _S_IFDIR = stat.S_IFDIR
 _F_SETFL = fcntl.F_SETFL
 _fstat = os.fstat
+_stat = os.stat
 _close = os.close
 
 
@@ -286,28 +273,30 @@ def q_open(s: SandboxSession, w: Worker, n: notify.SeccompNotif) -> bool:
     wait behind it):
 
     - Nothing is created, written or truncated (:data:`_NOT_QUICK`).
-    - An open that is not ``O_DIRECTORY`` is made with ``O_NONBLOCK``: a
-      FIFO opens at once instead of waiting for a writer, a file under a
-      lease fails with EWOULDBLOCK instead of waiting for its break, a
-      device does not wait for a carrier.  Only a regular file or a
-      directory (``fstat``) is handed over, with ``O_NONBLOCK`` cleared
-      again unless the caller asked for it (``F_SETFL`` 0: the status
-      flags it could have set are all refused above).  Anything else goes
-      to a worker, which opens it as the caller asked; our non-blocking
-      descriptor stays open until then, so that a writer our open let
-      through never meets a pipe with no reader.
+    - An open that is not ``O_DIRECTORY`` must name a regular file or a
+      directory: an ``lstat`` sends anything else to a worker before it is
+      opened at all (even a non-blocking open of a FIFO lets a writer
+      through, who then writes to nobody).  The open is still made with
+      ``O_NONBLOCK``, for an object swapped in after the ``lstat`` (a
+      FIFO then opens at once) and for a file under a lease (EWOULDBLOCK
+      instead of waiting for the lease to break); ``fstat`` checks what
+      was opened, and ``O_NONBLOCK`` is cleared again (``F_SETFL`` 0: the
+      other status flags are refused above) unless the caller asked for
+      it.  Only a sandbox that swaps the file itself can make us open its
+      FIFO, which it may open itself anyway.
     - ``O_DIRECTORY`` fails before any driver's open unless the object is
       a directory, and a directory's open does not wait.
 
     Why the decision holds, as in :func:`_open_existing`'s plain case: the
     path is read once and ``ID_VALID`` checked after every read of the
-    caller (its memory, its dirfd's or cwd's link); it is normal, not
-    under /proc, and opened beneath the sandbox's root with no symlink
-    followed (``RESOLVE_NO_SYMLINKS``; a symlink anywhere is ELOOP, and a
-    worker resolves it), so the object opened is the one that path names,
-    in the sandbox's view, when it is opened: deciding that path before
-    the open is deciding on what is opened, and a denied path is never
-    opened at all.  A denied path is probed with ``O_PATH`` (opens
+    caller (its memory, its dirfd's or cwd's link); it is opened beneath
+    the sandbox's root with no symlink followed (``RESOLVE_NO_SYMLINKS``;
+    a symlink anywhere is ELOOP, and a worker resolves it), so the object
+    opened is the one the path names, in the sandbox's view, when it is
+    opened, with its ``.`` and ``..`` applied as text (:func:`_lexical`
+    says why that holds); a path so named under /proc goes to a worker.
+    Deciding that path before the open is deciding on what is opened, and
+    a denied path is never opened at all.  A denied path is probed with ``O_PATH`` (opens
     nothing) so that only an existing object named without a symlink is
     denied here; the denial is recorded with its rule as in the worker.
     An event wanted by a callback or a log (which may block) sends the
@@ -324,17 +313,14 @@ def q_open(s: SandboxSession, w: Worker, n: notify.SeccompNotif) -> bool:
         return False
     if flags & _NOT_QUICK:
         return False
-    scratch = _scratch(w)
-    if scratch.held >= 0:  # left by a call no h_open took (cannot happen)
-        _close(scratch.held)
-        scratch.held = -1
     pid = n.pid
     full = w.mem.cstring(pid, addr)
     if not full:
         return False
     if full[0] != 0x2F:  # relative: the dirfd's or cwd's path, read before ID_VALID
         full = absolute(pid, dirfd, full)
-    if full.startswith(b"/proc/") or full == b"/proc" or not normal(full):
+    named = full if normal(full) else _lexical(full)
+    if named.startswith(b"/proc/") or named == b"/proc":
         return False
     listener = s.listener
     resp = w.resp
@@ -343,7 +329,7 @@ def q_open(s: SandboxSession, w: Worker, n: notify.SeccompNotif) -> bool:
     root = s._root_fd
     if root < 0:
         root = s.root_fd(w, n)
-    target = full.decode("utf-8", "surrogateescape")
+    target = named.decode("utf-8", "surrogateescape")
     verdict = s.plan.decide(_READ, target)
     if (not verdict.allow or s._all_allowed) and (s.on_event is not None or s.sink is not None):
         return False  # the callback or the log may block
@@ -366,6 +352,16 @@ def q_open(s: SandboxSession, w: Worker, n: notify.SeccompNotif) -> bool:
             resp.send(listener, n.id, error=denied.errno)
             return True
         return False
+    if not directory:
+        # Anything but a file or a directory is a worker's before we open
+        # it at all: even a non-blocking open of a FIFO lets a writer
+        # through, who then writes to nobody.
+        try:
+            kind = _stat(named[1:] or b".", dir_fd=root, follow_symlinks=False).st_mode & _S_IFMT
+        except OSError:
+            kind = _S_IFREG  # the open says why
+        if kind != _S_IFREG and kind != _S_IFDIR:
+            return False
     how.flags = (flags & VALID_OPEN_FLAGS) | O_CLOEXEC | O_NOCTTY | (0 if directory else O_NONBLOCK)
     try:
         fd = openat2(root, full, how)
@@ -376,20 +372,40 @@ def q_open(s: SandboxSession, w: Worker, n: notify.SeccompNotif) -> bool:
         return True
     try:
         if not directory:
+            # The stat above was a hint: this is what we opened.
             kind = _fstat(fd).st_mode & _S_IFMT
             if kind != _S_IFREG and kind != _S_IFDIR:
-                scratch.held, fd = fd, -1
                 return False
             if not flags & O_NONBLOCK:
                 fcntl.fcntl(fd, _F_SETFL, 0)
         resp.addfd(listener, n.id, fd, bool(flags & O_CLOEXEC))
     finally:
-        if fd >= 0:
-            _close(fd)
+        _close(fd)
     return True
 
 
 QUICK[NR_OPEN] = QUICK[NR_OPENAT] = q_open
+
+
+def _lexical(path: bytes) -> bytes:
+    """Absolute *path* with its empty, ``.`` and ``..`` components applied
+    as text (``..`` of ``/`` is ``/``).
+
+    Only for a path opened with ``RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS``:
+    then every component before a ``..`` was a directory itself, not a
+    symlink to one, and the kernel fails a scoped lookup whose ``..`` ran
+    while anything was renamed or mounted (EAGAIN), so the ``..`` of
+    ``/a/b`` was ``/a``: the object opened is the one this text names.
+    A component that is missing or not a directory fails the open (ENOENT,
+    ENOTDIR), as the caller's own open would."""
+    out: list[bytes] = []
+    for part in path.split(b"/"):
+        if part == b"..":
+            if out:
+                out.pop()
+        elif part and part != b".":
+            out.append(part)
+    return b"/" + b"/".join(out)
 
 
 def _categories(flags: int) -> tuple[Category, ...]:
