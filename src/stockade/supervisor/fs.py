@@ -333,7 +333,7 @@ def q_open(s: SandboxSession, w: Worker, n: notify.SeccompNotif) -> bool:
     verdict = s.plan.decide(_READ, target)
     if (not verdict.allow or s._all_allowed) and (s.on_event is not None or s.sink is not None):
         return False  # the callback or the log may block
-    how = scratch.how
+    how = _scratch(w).how
     directory = flags & O_DIRECTORY
     how.mode = 0
     how.resolve = _QUICK_RESOLVE
