@@ -50,7 +50,7 @@ class MemReader:
         self._size = size
         # The local and the remote iovec, side by side, seen as four
         # words: setting a word costs less than setting a struct field.
-        self._iov = (Iovec * 2)((self._buf_addr, 0), (0, 0))
+        self._iov = (Iovec * 2)(Iovec(self._buf_addr, 0), Iovec(0, 0))
         self._local_addr = ctypes.addressof(self._iov)
         self._remote_addr = self._local_addr + ctypes.sizeof(Iovec)
         self._words = (ctypes.c_uint64 * 4).from_buffer(self._iov)
@@ -91,11 +91,7 @@ class MemReader:
         # that ends just before an unmapped page must still be readable):
         # most paths are short, and copying a whole page from another
         # process costs more than a second read.
-        chunk = PAGE_SIZE - (addr & (PAGE_SIZE - 1))
-        if chunk > FIRST_READ:
-            chunk = FIRST_READ
-        if chunk > limit:
-            chunk = limit
+        chunk = min(PAGE_SIZE - (addr & (PAGE_SIZE - 1)), FIRST_READ, limit)
         words = self._words
         words[0] = self._buf_addr
         words[1] = words[3] = chunk

@@ -40,6 +40,7 @@ import fcntl
 import os
 import stat
 import struct
+from typing import TYPE_CHECKING
 
 from stockade.kernel import _ffi, notify, procmem, syscalls
 from stockade.policy.model import Category
@@ -71,6 +72,9 @@ from stockade.supervisor.resolve import (
     split_parent,
 )
 from stockade.supervisor.session import QUICK, Denied, SandboxSession, handles
+
+if TYPE_CHECKING:
+    from stockade.plan.notify import Verdict
 
 O_ACCMODE = 0o3
 O_WRONLY = 0o1
@@ -256,7 +260,8 @@ _QUICK_RESOLVE = RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
 _READ = Category.READ
 _S_IFMT = 0o170000
 _S_IFREG = stat.S_IFREG
-_S_IFDIR = stat.S_IFDIR
+#: What the receiver opens: a regular file or a directory.
+_QUICK_KINDS = frozenset((stat.S_IFREG, stat.S_IFDIR))
 _F_SETFL = fcntl.F_SETFL
 _fstat = os.fstat
 _stat = os.stat
@@ -310,22 +315,13 @@ def q_open(s: SandboxSession, w: Worker, n: notify.SeccompNotif) -> bool:
     elif nr == NR_OPEN:
         dirfd, addr, flags = AT_FDCWD, a[0], a[1] & 0xFFFFFFFF
     else:
-        return False
+        flags = _NOT_QUICK
     if flags & _NOT_QUICK:
         return False
-    pid = n.pid
-    full = w.mem.cstring(pid, addr)
-    if not full:
+    paths = _q_path(s, w, n, dirfd, addr)
+    if paths is None:
         return False
-    if full[0] != 0x2F:  # relative: the dirfd's or cwd's path, read before ID_VALID
-        full = absolute(pid, dirfd, full)
-    named = full if normal(full) else _lexical(full)
-    if named.startswith(b"/proc/") or named == b"/proc":
-        return False
-    listener = s.listener
-    resp = w.resp
-    if not resp.valid(listener, n.id):
-        return False
+    full, named = paths
     root = s._root_fd
     if root < 0:
         root = s.root_fd(w, n)
@@ -334,24 +330,52 @@ def q_open(s: SandboxSession, w: Worker, n: notify.SeccompNotif) -> bool:
     if (not verdict.allow or s._all_allowed) and (s.on_event is not None or s.sink is not None):
         return False  # the callback or the log may block
     how = _scratch(w).how
-    directory = flags & O_DIRECTORY
     how.mode = 0
     how.resolve = _QUICK_RESOLVE
     if not verdict.allow:
-        how.flags = O_PATH | O_CLOEXEC | directory
-        try:
-            _close(openat2(root, full, how))
-        except OSError as err:
-            if err.errno not in _QUICK_ERRORS:
-                return False
-            resp.send(listener, n.id, error=err.errno)
-            return True
-        try:
-            s._decided(n, _READ, target, verdict, None)
-        except Denied as denied:
-            resp.send(listener, n.id, error=denied.errno)
-            return True
-        return False
+        return _q_deny(s, w, n, root, full, flags, how, target, verdict)
+    return _q_inject(s, w, n, root, full, named, flags, how)
+
+
+def _q_path(s: SandboxSession, w: Worker, n: notify.SeccompNotif, dirfd: int,
+            addr: int) -> tuple[bytes, bytes] | None:  # fmt: skip
+    """``(the path to open, the path it names)``, read once and ID_VALID
+    checked; None for the worker."""
+    pid = n.pid
+    full = w.mem.cstring(pid, addr)
+    if not full:
+        return None
+    if full[0] != 0x2F:  # relative: the dirfd's or cwd's path, read before ID_VALID
+        full = absolute(pid, dirfd, full)
+    named = full if normal(full) else _lexical(full)
+    if named.startswith(b"/proc/") or named == b"/proc" or not w.resp.valid(s.listener, n.id):
+        return None
+    return full, named
+
+
+def _q_deny(s: SandboxSession, w: Worker, n: notify.SeccompNotif, root: int, full: bytes,
+            flags: int, how: OpenHow, target: str, verdict: Verdict) -> bool:  # fmt: skip
+    """Deny an existing object named without a symlink, opening nothing."""
+    how.flags = O_PATH | O_CLOEXEC | (flags & O_DIRECTORY)
+    try:
+        _close(openat2(root, full, how))
+    except OSError as err:
+        if err.errno not in _QUICK_ERRORS:
+            return False  # ELOOP: a symlink, which may lead somewhere allowed
+        w.resp.send(s.listener, n.id, error=err.errno)
+        return True
+    try:
+        s._decided(n, _READ, target, verdict, None)
+    except Denied as denied:
+        w.resp.send(s.listener, n.id, error=denied.errno)
+        return True
+    return False
+
+
+def _q_inject(s: SandboxSession, w: Worker, n: notify.SeccompNotif, root: int, full: bytes,
+              named: bytes, flags: int, how: OpenHow) -> bool:  # fmt: skip
+    """Open an allowed file or directory without waiting, and inject it."""
+    directory = flags & O_DIRECTORY
     if not directory:
         # Anything but a file or a directory is a worker's before we open
         # it at all: even a non-blocking open of a FIFO lets a writer
@@ -360,7 +384,7 @@ def q_open(s: SandboxSession, w: Worker, n: notify.SeccompNotif) -> bool:
             kind = _stat(named[1:] or b".", dir_fd=root, follow_symlinks=False).st_mode & _S_IFMT
         except OSError:
             kind = _S_IFREG  # the open says why
-        if kind != _S_IFREG and kind != _S_IFDIR:
+        if kind not in _QUICK_KINDS:
             return False
     how.flags = (flags & VALID_OPEN_FLAGS) | O_CLOEXEC | O_NOCTTY | (0 if directory else O_NONBLOCK)
     try:
@@ -368,17 +392,16 @@ def q_open(s: SandboxSession, w: Worker, n: notify.SeccompNotif) -> bool:
     except OSError as err:
         if err.errno not in _QUICK_ERRORS:
             return False  # ELOOP (a symlink), EWOULDBLOCK (a lease), ...
-        resp.send(listener, n.id, error=err.errno)
+        w.resp.send(s.listener, n.id, error=err.errno)
         return True
     try:
         if not directory:
             # The stat above was a hint: this is what we opened.
-            kind = _fstat(fd).st_mode & _S_IFMT
-            if kind != _S_IFREG and kind != _S_IFDIR:
+            if _fstat(fd).st_mode & _S_IFMT not in _QUICK_KINDS:
                 return False
             if not flags & O_NONBLOCK:
                 fcntl.fcntl(fd, _F_SETFL, 0)
-        resp.addfd(listener, n.id, fd, bool(flags & O_CLOEXEC))
+        w.resp.addfd(s.listener, n.id, fd, bool(flags & O_CLOEXEC))
     finally:
         _close(fd)
     return True
