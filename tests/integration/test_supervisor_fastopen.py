@@ -112,6 +112,65 @@ attempt("listdir", lambda: sorted(os.listdir(P)))
     assert len(quick_answers) >= 12
 
 
+def test_symlinks_are_decided_on_what_they_lead_to(workdir: Path,
+                                                   quick_answers: list[int]) -> None:  # fmt: skip
+    """A path with a symlink is looked up following it (``O_PATH``, opening
+    nothing), decided on the path of what it found, and that object
+    reopened: a symlink to a denied file is denied on the file's path and
+    rule; one to an allowed file elsewhere is read."""
+    (workdir / "a.txt").write_text("public\n")
+    (workdir / "secret.txt").write_text("secret\n")
+    (workdir / "sub").mkdir()
+    (workdir / "sub" / "c.txt").write_text("deep\n")
+    (workdir / "to-a").symlink_to("a.txt")
+    (workdir / "to-secret").symlink_to(workdir / "secret.txt")
+    (workdir / "to-sub").symlink_to("sub")
+    (workdir / "to-hostname").symlink_to("/etc/hostname")
+    (workdir / "to-nothing").symlink_to("nothing")
+    (workdir / "to-status").symlink_to("/proc/self/status")
+    fifo = workdir / "fifo"
+    os.mkfifo(fifo)
+    fifo.chmod(0o666)
+    (workdir / "to-fifo").symlink_to("fifo")
+    res, v = run_probe(
+        f"""
+P = {str(workdir)!r}
+def fifo_nonblock():
+    fd = os.open(P + "/to-fifo", os.O_RDONLY | os.O_NONBLOCK)
+    os.close(fd)
+    return "opened"
+attempt("to-a", lambda: open(P + "/to-a").read())
+attempt("through a dir link", lambda: open(P + "/to-sub/c.txt").read())
+attempt("dir link", lambda: sorted(os.listdir(P + "/to-sub")))
+attempt("to-secret", lambda: open(P + "/to-secret").read())
+attempt("through a link to secret", lambda: open(P + "/to-sub/../secret.txt").read())
+attempt("to-hostname", lambda: len(open(P + "/to-hostname").read()) > 0)
+attempt("to-nothing", lambda: open(P + "/to-nothing").read())
+attempt("nofollow", lambda: os.open(P + "/to-a", os.O_RDONLY | os.O_NOFOLLOW))
+attempt("to-status", lambda: open(P + "/to-status").read())
+attempt("to-fifo", fifo_nonblock)
+""",
+        rules=[*_rules(workdir), "allow/read+/proc/**"],
+    )
+    assert res.returncode == 0, res.stderr
+    assert v["to-a"]["value"] == "public\n"
+    assert v["through a dir link"]["value"] == "deep\n"
+    assert v["dir link"]["value"] == ["c.txt"]
+    assert v["to-secret"]["errno"] == errno.EACCES
+    assert v["through a link to secret"]["errno"] == errno.EACCES
+    assert v["to-hostname"]["value"] is True  # /etc is read by the probe's rules
+    assert v["to-nothing"]["errno"] == errno.ENOENT
+    assert v["nofollow"]["errno"] == errno.ELOOP
+    # Followed by our lookup, /proc/self would name the supervisor: refused
+    # (by a worker), never the supervisor's own status.
+    assert v["to-status"]["errno"] == errno.EACCES
+    assert v["to-fifo"]["value"] == "opened"
+    secret = [d for d in res.denials if d.target == str(workdir / "secret.txt")]
+    assert len(secret) == 2
+    assert all(d.rule == f"deny/read+{workdir}/secret*" for d in secret)
+    assert sum(quick_answers) == len(res.denials), res.denials
+
+
 def test_events_wanted_by_a_callback_go_to_a_worker(workdir: Path,
                                                     quick_answers: list[int]) -> None:  # fmt: skip
     """The receiver never runs user code: with a callback, a denial (and,

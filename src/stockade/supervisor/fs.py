@@ -260,6 +260,7 @@ _QUICK_RESOLVE = RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
 _READ = Category.READ
 _S_IFMT = 0o170000
 _S_IFREG = stat.S_IFREG
+_S_IFLNK = stat.S_IFLNK
 #: What the receiver opens: a regular file or a directory.
 _QUICK_KINDS = frozenset((stat.S_IFREG, stat.S_IFDIR))
 _F_SETFL = fcntl.F_SETFL
@@ -270,9 +271,9 @@ _close = os.close
 
 def q_open(s: SandboxSession, w: Worker, n: notify.SeccompNotif) -> bool:
     """The receiver's answer to a read-only open of a regular file or a
-    directory named without a symlink: open, decide, inject, with no
-    hand-off to another thread.  False (a worker runs :func:`h_open`)
-    for anything else, or on any doubt.
+    directory: decide, open, inject, with no hand-off to another thread.
+    False (a worker runs :func:`h_open`) for anything else, or on any
+    doubt.
 
     Why this never waits (the receiver must not: every sandbox's calls
     wait behind it):
@@ -295,17 +296,18 @@ def q_open(s: SandboxSession, w: Worker, n: notify.SeccompNotif) -> bool:
     Why the decision holds, as in :func:`_open_existing`'s plain case: the
     path is read once and ``ID_VALID`` checked after every read of the
     caller (its memory, its dirfd's or cwd's link); it is opened beneath
-    the sandbox's root with no symlink followed (``RESOLVE_NO_SYMLINKS``;
-    a symlink anywhere is ELOOP, and a worker resolves it), so the object
-    opened is the one the path names, in the sandbox's view, when it is
-    opened, with its ``.`` and ``..`` applied as text (:func:`_lexical`
-    says why that holds); a path so named under /proc goes to a worker.
-    Deciding that path before the open is deciding on what is opened, and
-    a denied path is never opened at all.  A denied path is probed with ``O_PATH`` (opens
-    nothing) so that only an existing object named without a symlink is
-    denied here; the denial is recorded with its rule as in the worker.
-    An event wanted by a callback or a log (which may block) sends the
-    call to a worker.
+    the sandbox's root with no symlink followed (``RESOLVE_NO_SYMLINKS``),
+    so the object opened is the one the path names, in the sandbox's
+    view, when it is opened, with its ``.`` and ``..`` applied as text
+    (:func:`_lexical` says why that holds); a path so named under /proc
+    goes to a worker.  Deciding that path before the open is deciding on
+    what is opened, and a denied path is never opened at all: it is
+    probed with ``O_PATH`` (which opens nothing), so that only an existing
+    object named without a symlink is denied on its text.  A path with a
+    symlink (ELOOP) is decided on what it leads to (:func:`_q_follow`).
+    Denials are recorded with their rule as in the worker; an event that
+    a callback or a log (which may block) must see sends the call to a
+    worker.
     """
     d = n.data
     nr = d.nr
@@ -327,8 +329,8 @@ def q_open(s: SandboxSession, w: Worker, n: notify.SeccompNotif) -> bool:
         root = s.root_fd(w, n)
     target = named.decode("utf-8", "surrogateescape")
     verdict = s.plan.decide(_READ, target)
-    if (not verdict.allow or s._all_allowed) and (s.on_event is not None or s.sink is not None):
-        return False  # the callback or the log may block
+    if _q_event_wanted(s, verdict):
+        return False
     how = _scratch(w).how
     how.mode = 0
     how.resolve = _QUICK_RESOLVE
@@ -360,16 +362,36 @@ def _q_deny(s: SandboxSession, w: Worker, n: notify.SeccompNotif, root: int, ful
     try:
         _close(openat2(root, full, how))
     except OSError as err:
-        if err.errno not in _QUICK_ERRORS:
-            return False  # ELOOP: a symlink, which may lead somewhere allowed
-        w.resp.send(s.listener, n.id, error=err.errno)
-        return True
+        if err.errno == errno.ELOOP:  # a symlink, which may lead somewhere allowed
+            return _q_follow(s, w, n, root, full, flags, how)
+        return _q_failed(s, w, n, err)
+    return _q_refuse(s, w, n, target, verdict)
+
+
+def _q_refuse(s: SandboxSession, w: Worker, n: notify.SeccompNotif, target: str,
+              verdict: Verdict) -> bool:  # fmt: skip
+    """Record the denial of *target* with its rule, and answer it."""
     try:
         s._decided(n, _READ, target, verdict, None)
     except Denied as denied:
         w.resp.send(s.listener, n.id, error=denied.errno)
         return True
     return False
+
+
+def _q_failed(s: SandboxSession, w: Worker, n: notify.SeccompNotif, err: OSError) -> bool:
+    """Answer a failure of our open that the caller's own open would give
+    too; False (a worker tries) for any other."""
+    if err.errno not in _QUICK_ERRORS:
+        return False
+    w.resp.send(s.listener, n.id, error=err.errno)
+    return True
+
+
+def _q_event_wanted(s: SandboxSession, verdict: Verdict) -> bool:
+    """Whether deciding makes an event that a callback or a log (which may
+    block) must see: a worker does it then."""
+    return (not verdict.allow or s._all_allowed) and (s.on_event is not None or s.sink is not None)
 
 
 def _q_inject(s: SandboxSession, w: Worker, n: notify.SeccompNotif, root: int, full: bytes,
@@ -384,27 +406,73 @@ def _q_inject(s: SandboxSession, w: Worker, n: notify.SeccompNotif, root: int, f
             kind = _stat(named[1:] or b".", dir_fd=root, follow_symlinks=False).st_mode & _S_IFMT
         except OSError:
             kind = _S_IFREG  # the open says why
+        if kind == _S_IFLNK:
+            return _q_follow(s, w, n, root, full, flags, how)
         if kind not in _QUICK_KINDS:
             return False
     how.flags = (flags & VALID_OPEN_FLAGS) | O_CLOEXEC | O_NOCTTY | (0 if directory else O_NONBLOCK)
     try:
         fd = openat2(root, full, how)
     except OSError as err:
-        if err.errno not in _QUICK_ERRORS:
-            return False  # ELOOP (a symlink), EWOULDBLOCK (a lease), ...
-        w.resp.send(s.listener, n.id, error=err.errno)
-        return True
+        if err.errno == errno.ELOOP:  # a symlink
+            return _q_follow(s, w, n, root, full, flags, how)
+        return _q_failed(s, w, n, err)  # EWOULDBLOCK (a lease), EAGAIN (a .. raced), ...
+    if not directory and _fstat(fd).st_mode & _S_IFMT not in _QUICK_KINDS:
+        _close(fd)  # the stat above was a hint: this is what we opened
+        return False
+    return _q_hand_over(s, w, n, fd, flags)
+
+
+def _q_hand_over(s: SandboxSession, w: Worker, n: notify.SeccompNotif, fd: int,
+                 flags: int) -> bool:  # fmt: skip
+    """Inject *fd*, our non-blocking descriptor on a regular file or a
+    directory (closed here), as the caller asked for it."""
     try:
-        if not directory:
-            # The stat above was a hint: this is what we opened.
-            if _fstat(fd).st_mode & _S_IFMT not in _QUICK_KINDS:
-                return False
-            if not flags & O_NONBLOCK:
-                fcntl.fcntl(fd, _F_SETFL, 0)
+        if not flags & O_NONBLOCK:
+            fcntl.fcntl(fd, _F_SETFL, 0)
         w.resp.addfd(s.listener, n.id, fd, bool(flags & O_CLOEXEC))
     finally:
         _close(fd)
     return True
+
+
+def _q_follow(s: SandboxSession, w: Worker, n: notify.SeccompNotif, root: int, full: bytes,
+              flags: int, how: OpenHow) -> bool:  # fmt: skip
+    """A path through a symlink (``/lib`` on a merged-/usr system): look it
+    up following symlinks, decide on the path of what was found, as the
+    worker does, and open that very object again (no second lookup).
+    The lookup is ``O_PATH``, which opens nothing: a FIFO, a device, a
+    denied file are never opened here.  With ``O_NOFOLLOW``, or when it
+    ends under /proc (where ``/proc/self`` would name us), a worker
+    answers."""
+    if flags & O_NOFOLLOW:
+        return False
+    how.flags = O_PATH | O_CLOEXEC | (flags & O_DIRECTORY)
+    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
+    try:
+        pfd = openat2(root, full, how)
+    except OSError as err:
+        return _q_failed(s, w, n, err)
+    try:
+        path = fd_path(pfd)
+        proc = not path.startswith("/") or path.startswith("/proc/") or path == "/proc"
+        verdict = None if proc else s.plan.decide(_READ, path)
+        if (
+            verdict is None
+            or _q_event_wanted(s, verdict)
+            or (verdict.allow and _fstat(pfd).st_mode & _S_IFMT not in _QUICK_KINDS)
+        ):
+            return False
+        if not verdict.allow:
+            return _q_refuse(s, w, n, path, verdict)
+        reflags = (flags & VALID_OPEN_FLAGS) | O_CLOEXEC | O_NOCTTY | O_NONBLOCK
+        try:
+            fd = os.open(f"/proc/self/fd/{pfd}", reflags)
+        except OSError as err:
+            return _q_failed(s, w, n, err)
+    finally:
+        _close(pfd)
+    return _q_hand_over(s, w, n, fd, flags)
 
 
 QUICK[NR_OPEN] = QUICK[NR_OPENAT] = q_open
