@@ -292,6 +292,11 @@ def q_open(s: SandboxSession, w: Worker, n: notify.SeccompNotif) -> bool:
       FIFO, which it may open itself anyway.
     - ``O_DIRECTORY`` fails before any driver's open unless the object is
       a directory, and a directory's open does not wait.
+    - What is left is the lookup itself, as in any open: on a network or
+      FUSE filesystem whose server hangs, it would hold the receiver (and
+      every sandbox's calls) where it held one worker before.  A sandbox
+      cannot mount one (the filter refuses mount and the namespaces that
+      would allow it).
 
     Why the decision holds, as in :func:`_open_existing`'s plain case: the
     path is read once and ``ID_VALID`` checked after every read of the
