@@ -29,7 +29,9 @@ Nothing is continued after a path was read, except:
 Each handler's failure answer is the errno the operation gave us (the one
 the kernel would have given the caller), EACCES for a denial, or EACCES
 from the sentinel if it raises anything else.  All of them may block (an
-open of a FIFO): they run in workers.
+open of a FIFO): they run in workers.  The one exception is
+:func:`q_open`, the receiver's own answer to a read-only open that cannot
+wait (its docstring says when and why).
 """
 
 from __future__ import annotations
