@@ -191,15 +191,19 @@ def rows(tool: str) -> dict[str, Callable[[stockade.Sandbox | None], float]]:
 
 
 def floors(tool: str, sandbox: stockade.Sandbox | None, reps: int, native: float) -> None:
-    """The same C loop with the supervisor's openat handler replaced by the
-    least a supervisor can do (measured here, in the same conditions): a
-    bare CONTINUE, and reading the path + ID_VALID + CONTINUE.  What the
-    real handler adds over them is the broker's own cost."""
+    """The same C loop with the supervisor's ``openat`` answered other
+    ways (measured here, in the same conditions): a bare CONTINUE, and
+    reading the path + ID_VALID + CONTINUE, each by a worker (after the
+    hand-off of the receiver role) and by the receiver itself (no
+    hand-off: a measuring hack, unsafe); the real handler in a worker;
+    and the brokered open as it runs, in the receiver (the fast path).
+    What the brokered open adds over them is the broker's own cost."""
     from stockade.kernel import syscalls
-    from stockade.supervisor import fs, session  # noqa: F401 - fs registers the handlers
+    from stockade.supervisor import fs, session
 
     nr = syscalls.nr("openat")
     real = session.HANDLERS[nr]
+    quick = session.QUICK[nr]
 
     def cont(s: Any, w: Any, n: Any, _caller: Any) -> None:
         w.resp.cont(s.listener, n.id)
@@ -209,18 +213,39 @@ def floors(tool: str, sandbox: stockade.Sandbox | None, reps: int, native: float
         s.valid(w, n)
         w.resp.cont(s.listener, n.id)
 
-    variants = {"continue": cont, "read path + ID_VALID + continue": read_cont, "brokered": real}
+    def worker(s: Any, w: Any, n: Any, caller: Any) -> None:
+        real(s, w, n, caller)  # not the registered handler: no fast path
+
+    def q_cont(s: Any, w: Any, n: Any) -> bool:
+        cont(s, w, n, None)
+        return True
+
+    def q_read_cont(s: Any, w: Any, n: Any) -> bool:
+        read_cont(s, w, n, None)
+        return True
+
+    # name -> (handler, fast path or None)
+    variants: dict[str, tuple[Any, Any]] = {
+        "continue, worker": (cont, None),
+        "continue, receiver": (real, q_cont),
+        "read path + ID_VALID + continue, worker": (read_cont, None),
+        "read path + ID_VALID + continue, receiver": (real, q_read_cont),
+        "brokered, worker (the hand-off)": (worker, None),
+        "brokered, receiver (the fast path)": (real, fs.q_open),
+    }
     got: dict[str, list[float]] = {name: [] for name in variants}
     try:
         for rep in range(reps):
             names = list(variants)
             for k in range(len(names)):
                 name = names[(rep + k) % len(names)]
-                session.HANDLERS[nr] = variants[name]
+                session.HANDLERS[nr], fast = variants[name]
+                session.QUICK[nr] = fast if fast is not None else quick
                 assert sandbox is not None
                 got[name].append(float(timed(sandbox, [tool, TARGET, "20000"])[1].decode()))
     finally:
         session.HANDLERS[nr] = real
+        session.QUICK[nr] = quick
     print("floors, same C loop (median us per openat, minus native):")
     for name, values in got.items():
         print(f"  {name:50} {(statistics.median(values) - native) / 1000:10.1f}")

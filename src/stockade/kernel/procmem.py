@@ -26,6 +26,12 @@ from stockade.kernel import _ffi
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 #: PATH_MAX: a longer path is ENAMETOOLONG for the kernel too.
 PATH_MAX = 4096
+#: What :meth:`MemReader.cstring` reads first.
+FIRST_READ = 256
+
+_readv = _ffi.process_vm_readv
+_get_errno = ctypes.get_errno
+_string_at = ctypes.string_at
 
 
 class Iovec(ctypes.Structure):
@@ -42,21 +48,23 @@ class MemReader:
         self.buf = ctypes.create_string_buffer(size)
         self._buf_addr = ctypes.addressof(self.buf)
         self._size = size
-        self._local = Iovec(self._buf_addr, 0)
-        self._remote = Iovec(0, 0)
-        self._local_addr = ctypes.addressof(self._local)
-        self._remote_addr = ctypes.addressof(self._remote)
+        # The local and the remote iovec, side by side, seen as four
+        # words: setting a word costs less than setting a struct field.
+        self._iov = (Iovec * 2)(Iovec(self._buf_addr, 0), Iovec(0, 0))
+        self._local_addr = ctypes.addressof(self._iov)
+        self._remote_addr = self._local_addr + ctypes.sizeof(Iovec)
+        self._words = (ctypes.c_uint64 * 4).from_buffer(self._iov)
 
     def _readv(self, pid: int, addr: int, offset: int, length: int) -> int:
-        self._local.iov_base = self._buf_addr + offset
-        self._local.iov_len = length
-        self._remote.iov_base = addr
-        self._remote.iov_len = length
+        words = self._words
+        words[0] = self._buf_addr + offset
+        words[1] = words[3] = length
+        words[2] = addr
         while True:
-            n: int = _ffi.process_vm_readv(pid, self._local_addr, 1, self._remote_addr, 1, 0)
+            n: int = _readv(pid, self._local_addr, 1, self._remote_addr, 1, 0)
             if n >= 0:
                 return n
-            err = ctypes.get_errno()
+            err = _get_errno()
             if err != errno.EINTR:
                 raise OSError(err, os.strerror(err))
 
@@ -69,7 +77,7 @@ class MemReader:
         n = self._readv(pid, addr, 0, length)
         if n != length:
             raise OSError(errno.EFAULT, os.strerror(errno.EFAULT))
-        return ctypes.string_at(self._buf_addr, length)
+        return _string_at(self._buf_addr, length)
 
     def cstring(self, pid: int, addr: int, limit: int = PATH_MAX) -> bytes:
         """The NUL-terminated string at *addr* (without its NUL).
@@ -79,20 +87,33 @@ class MemReader:
         """
         if addr == 0:
             raise OSError(errno.EFAULT, os.strerror(errno.EFAULT))
-        got = 0
+        # The first read is short, and clipped to the page end (a string
+        # that ends just before an unmapped page must still be readable):
+        # most paths are short, and copying a whole page from another
+        # process costs more than a second read.
+        chunk = min(PAGE_SIZE - (addr & (PAGE_SIZE - 1)), FIRST_READ, limit)
+        words = self._words
+        words[0] = self._buf_addr
+        words[1] = words[3] = chunk
+        words[2] = addr
+        n: int = _readv(pid, self._local_addr, 1, self._remote_addr, 1, 0)
+        if n < 0:
+            n = self._readv(pid, addr, 0, chunk)  # EINTR is retried there
+        if n == 0:
+            raise OSError(errno.EFAULT, os.strerror(errno.EFAULT))
+        data = _string_at(self._buf_addr, n)
+        end = data.find(b"\0")
+        if end >= 0:
+            return data[:end]
+        got = n
         while got < limit:
-            # Clip each read to the page end: a string that ends just
-            # before an unmapped page must still be readable.
-            # The first read is short: most paths are, and copying a
-            # whole page from another process costs more than a second read.
-            first = 256 if got == 0 else PAGE_SIZE
-            chunk = min(PAGE_SIZE - ((addr + got) % PAGE_SIZE), limit - got, first)
+            chunk = min(PAGE_SIZE - ((addr + got) % PAGE_SIZE), limit - got)
             n = self._readv(pid, addr + got, got, chunk)
             if n == 0:
                 raise OSError(errno.EFAULT, os.strerror(errno.EFAULT))
-            end = ctypes.string_at(self._buf_addr + got, n).find(b"\0")
+            end = _string_at(self._buf_addr + got, n).find(b"\0")
             if end >= 0:
-                return ctypes.string_at(self._buf_addr, got + end)
+                return _string_at(self._buf_addr, got + end)
             got += n
         raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
 
@@ -102,10 +123,10 @@ class MemReader:
         if length > self._size:
             raise OSError(errno.E2BIG, "write too large")
         ctypes.memmove(self._buf_addr, data, length)
-        self._local.iov_base = self._buf_addr
-        self._local.iov_len = length
-        self._remote.iov_base = addr
-        self._remote.iov_len = length
+        words = self._words
+        words[0] = self._buf_addr
+        words[1] = words[3] = length
+        words[2] = addr
         while True:
             n: int = _ffi.process_vm_writev(pid, self._local_addr, 1, self._remote_addr, 1, 0)
             if n >= 0:

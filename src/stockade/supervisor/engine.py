@@ -66,6 +66,9 @@ class Worker:
     def __init__(self) -> None:
         self.resp = notify.Responder()
         self.mem = procmem.MemReader()
+        #: The notification this thread receives into: the thread that
+        #: receives a call is the one that handles it, so one per thread.
+        self.notif = notify.SeccompNotif()
         #: Handling a call (cleared when back to idle).
         self.busy = False
 
@@ -258,10 +261,14 @@ class Supervisor:
                         assert sock is not None
                         self._handoff(sock, session)
                     elif mask & select.EPOLLIN:
-                        notif = self._recv(fd, session)
+                        notif = self._recv(fd, worker)
                         if notif is not None:
                             if worker is not None and self._quick(worker, session, notif):
                                 continue
+                            # Counted only when handed on: while the
+                            # receiver holds it, nobody else can close the
+                            # listener (only the receiver marks it hung up).
+                            session._take()
                             return session, notif
                     elif mask & (select.EPOLLHUP | select.EPOLLERR):
                         self._drop(fd, session)
@@ -273,12 +280,9 @@ class Supervisor:
 
     def _quick(self, worker: Worker, session: Session, notif: notify.SeccompNotif) -> bool:
         try:
-            answered = session.quick(worker, notif)
+            return session.quick(worker, notif)
         except Exception:  # the receiver must survive anything: a worker decides
-            answered = False
-        if answered:
-            session._release()
-        return answered
+            return False
 
     def _drop(self, fd: int, session: Session) -> None:
         if self._watched.pop(fd, None) is None:
@@ -347,15 +351,14 @@ class Supervisor:
             pass  # the child died meanwhile: its listener hangs up
         sock.close()
 
-    def _recv(self, fd: int, session: Session) -> notify.SeccompNotif | None:
-        notif = notify.SeccompNotif()
+    def _recv(self, fd: int, worker: Worker | None) -> notify.SeccompNotif | None:
+        notif = worker.notif if worker is not None else notify.SeccompNotif()
         try:
             notify.recv(fd, notif)
         except OSError as err:
             if err.errno == errno.ENOENT:
                 return None  # the caller went away (killed, or a signal)
             raise
-        session._take()
         return notif
 
     def _run(self, worker: Worker, session: Session, notif: notify.SeccompNotif) -> None:

@@ -30,17 +30,21 @@ Nothing is continued after a path was read, except:
 Each handler's failure answer is the errno the operation gave us (the one
 the kernel would have given the caller), EACCES for a denial, or EACCES
 from the sentinel if it raises anything else.  All of them may block (an
-open of a FIFO): they run in workers.
+open of a FIFO): they run in workers.  The one exception is
+:func:`q_open`, the receiver's own answer to a read-only open that cannot
+wait (its docstring says when and why).
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import signal
 import stat
 import struct
+from typing import TYPE_CHECKING
 
 from stockade.kernel import _ffi, notify, procmem, ptrace, syscalls
 from stockade.policy.model import Category
@@ -72,12 +76,23 @@ from stockade.supervisor.resolve import (
     openat2,
     split_parent,
 )
-from stockade.supervisor.session import Denied, SandboxSession, handles
+from stockade.supervisor.session import QUICK, Denied, SandboxSession, handles
+
+if TYPE_CHECKING:
+    from stockade.plan.notify import Verdict
 
 O_ACCMODE = 0o3
 O_WRONLY = 0o1
 O_RDWR = 0o2
 O_TRUNC = 0o1000
+O_NOCTTY = 0o400
+O_APPEND = 0o2000
+O_NONBLOCK = 0o4000
+O_ASYNC = 0o20000
+O_DIRECT = 0o40000
+O_NOATIME = 0o1000000
+#: __O_TMPFILE: O_TMPFILE without its O_DIRECTORY bit.
+O_TMPFILE_ONLY = 0o20000000
 AT_SYMLINK_FOLLOW = 0x400
 AT_REMOVEDIR = 0x200
 AT_EACCESS = 0x200
@@ -236,6 +251,262 @@ def h_open(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller)
     finally:
         if fd >= 0:
             os.close(fd)
+
+
+#: Flags that keep an open off the receiver's fast path: anything that
+#: writes, creates or truncates (undoable effects, umask, a parent to
+#: decide on), O_PATH (continued, not injected), and the status flags
+#: whose open-time and F_SETFL meanings differ (see q_open).
+_NOT_QUICK = (O_ACCMODE | O_CREAT | O_TRUNC | O_PATH | O_TMPFILE_ONLY | O_APPEND | O_ASYNC
+              | O_DIRECT | O_NOATIME)  # fmt: skip
+#: Failures of our open that the caller's own open would give too.
+_QUICK_ERRORS = frozenset((errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.ENAMETOOLONG))
+_QUICK_RESOLVE = RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
+_READ = Category.READ
+_S_IFMT = 0o170000
+_S_IFREG = stat.S_IFREG
+_S_IFLNK = stat.S_IFLNK
+#: What the receiver opens: a regular file or a directory.
+_QUICK_KINDS = frozenset((stat.S_IFREG, stat.S_IFDIR))
+_F_SETFL = fcntl.F_SETFL
+_fstat = os.fstat
+_stat = os.stat
+_close = os.close
+
+
+def q_open(s: SandboxSession, w: Worker, n: notify.SeccompNotif) -> bool:
+    """The receiver's answer to a read-only open of a regular file or a
+    directory: decide, open, inject, with no hand-off to another thread.
+    False (a worker runs :func:`h_open`) for anything else, or on any
+    doubt.
+
+    Why this never waits (the receiver must not: every sandbox's calls
+    wait behind it):
+
+    - Nothing is created, written or truncated (:data:`_NOT_QUICK`).
+    - An open that is not ``O_DIRECTORY`` must name a regular file or a
+      directory: an ``lstat`` sends anything else to a worker before it is
+      opened at all (even a non-blocking open of a FIFO lets a writer
+      through, who then writes to nobody).  The open is still made with
+      ``O_NONBLOCK``, for an object swapped in after the ``lstat`` (a
+      FIFO then opens at once) and for a file under a lease (EWOULDBLOCK
+      instead of waiting for the lease to break); ``fstat`` checks what
+      was opened, and ``O_NONBLOCK`` is cleared again (``F_SETFL`` 0: the
+      other status flags are refused above) unless the caller asked for
+      it.  Only a sandbox that swaps the file itself can make us open its
+      FIFO, which it may open itself anyway.
+    - ``O_DIRECTORY`` fails before any driver's open unless the object is
+      a directory, and a directory's open does not wait.
+    - What is left is the lookup itself, as in any open: on a network or
+      FUSE filesystem whose server hangs, it would hold the receiver (and
+      every sandbox's calls) where it held one worker before.  A sandbox
+      cannot mount one (the filter refuses mount and the namespaces that
+      would allow it).
+
+    Why the decision holds, as in :func:`_open_existing`'s plain case: the
+    path is read once and ``ID_VALID`` checked after every read of the
+    caller (its memory, its dirfd's or cwd's link); it is opened beneath
+    the sandbox's root with no symlink followed (``RESOLVE_NO_SYMLINKS``),
+    so the object opened is the one the path names, in the sandbox's
+    view, when it is opened, with its ``.`` and ``..`` applied as text
+    (:func:`_lexical` says why that holds); a path so named under /proc
+    goes to a worker.  Deciding that path before the open is deciding on
+    what is opened, and a denied path is never opened at all: it is
+    probed with ``O_PATH`` (which opens nothing), so that only an existing
+    object named without a symlink is denied on its text.  A path with a
+    symlink (ELOOP) is decided on what it leads to (:func:`_q_follow`).
+    Denials are recorded with their rule as in the worker; an event that
+    a callback or a log (which may block) must see sends the call to a
+    worker.
+    """
+    d = n.data
+    nr = d.nr
+    a = d.args
+    if nr == NR_OPENAT:
+        dirfd, addr, flags = _int(a[0]), a[1], a[2] & 0xFFFFFFFF
+    elif nr == NR_OPEN:
+        dirfd, addr, flags = AT_FDCWD, a[0], a[1] & 0xFFFFFFFF
+    else:
+        flags = _NOT_QUICK
+    if flags & _NOT_QUICK:
+        return False
+    paths = _q_path(s, w, n, dirfd, addr)
+    if paths is None:
+        return False
+    full, named = paths
+    root = s._root_fd
+    if root < 0:
+        root = s.root_fd(w, n)
+    target = named.decode("utf-8", "surrogateescape")
+    verdict = s.plan.decide(_READ, target)
+    if _q_event_wanted(s, verdict):
+        return False
+    how = _scratch(w).how
+    how.mode = 0
+    how.resolve = _QUICK_RESOLVE
+    if not verdict.allow:
+        return _q_deny(s, w, n, root, full, flags, how, target, verdict)
+    return _q_inject(s, w, n, root, full, named, flags, how)
+
+
+def _q_path(s: SandboxSession, w: Worker, n: notify.SeccompNotif, dirfd: int,
+            addr: int) -> tuple[bytes, bytes] | None:  # fmt: skip
+    """``(the path to open, the path it names)``, read once and ID_VALID
+    checked; None for the worker."""
+    pid = n.pid
+    full = w.mem.cstring(pid, addr)
+    if not full:
+        return None
+    if full[0] != 0x2F:  # relative: the dirfd's or cwd's path, read before ID_VALID
+        full = absolute(pid, dirfd, full)
+    named = full if normal(full) else _lexical(full)
+    if named.startswith(b"/proc/") or named == b"/proc" or not w.resp.valid(s.listener, n.id):
+        return None
+    return full, named
+
+
+def _q_deny(s: SandboxSession, w: Worker, n: notify.SeccompNotif, root: int, full: bytes,
+            flags: int, how: OpenHow, target: str, verdict: Verdict) -> bool:  # fmt: skip
+    """Deny an existing object named without a symlink, opening nothing."""
+    how.flags = O_PATH | O_CLOEXEC | (flags & O_DIRECTORY)
+    try:
+        _close(openat2(root, full, how))
+    except OSError as err:
+        if err.errno == errno.ELOOP:  # a symlink, which may lead somewhere allowed
+            return _q_follow(s, w, n, root, full, flags, how)
+        return _q_failed(s, w, n, err)
+    return _q_refuse(s, w, n, target, verdict)
+
+
+def _q_refuse(s: SandboxSession, w: Worker, n: notify.SeccompNotif, target: str,
+              verdict: Verdict) -> bool:  # fmt: skip
+    """Record the denial of *target* with its rule, and answer it."""
+    try:
+        s._decided(n, _READ, target, verdict, None)
+    except Denied as denied:
+        w.resp.send(s.listener, n.id, error=denied.errno)
+        return True
+    return False
+
+
+def _q_failed(s: SandboxSession, w: Worker, n: notify.SeccompNotif, err: OSError) -> bool:
+    """Answer a failure of our open that the caller's own open would give
+    too; False (a worker tries) for any other."""
+    if err.errno not in _QUICK_ERRORS:
+        return False
+    w.resp.send(s.listener, n.id, error=err.errno)
+    return True
+
+
+def _q_event_wanted(s: SandboxSession, verdict: Verdict) -> bool:
+    """Whether deciding makes an event that a callback or a log (which may
+    block) must see: a worker does it then."""
+    return (not verdict.allow or s._all_allowed) and (s.on_event is not None or s.sink is not None)
+
+
+def _q_inject(s: SandboxSession, w: Worker, n: notify.SeccompNotif, root: int, full: bytes,
+              named: bytes, flags: int, how: OpenHow) -> bool:  # fmt: skip
+    """Open an allowed file or directory without waiting, and inject it."""
+    directory = flags & O_DIRECTORY
+    if not directory:
+        # Anything but a file or a directory is a worker's before we open
+        # it at all: even a non-blocking open of a FIFO lets a writer
+        # through, who then writes to nobody.
+        try:
+            kind = _stat(named[1:] or b".", dir_fd=root, follow_symlinks=False).st_mode & _S_IFMT
+        except OSError:
+            kind = _S_IFREG  # the open says why
+        if kind == _S_IFLNK:
+            return _q_follow(s, w, n, root, full, flags, how)
+        if kind not in _QUICK_KINDS:
+            return False
+    how.flags = (flags & VALID_OPEN_FLAGS) | O_CLOEXEC | O_NOCTTY | (0 if directory else O_NONBLOCK)
+    try:
+        fd = openat2(root, full, how)
+    except OSError as err:
+        if err.errno == errno.ELOOP:  # a symlink
+            return _q_follow(s, w, n, root, full, flags, how)
+        return _q_failed(s, w, n, err)  # EWOULDBLOCK (a lease), EAGAIN (a .. raced), ...
+    if not directory and _fstat(fd).st_mode & _S_IFMT not in _QUICK_KINDS:
+        _close(fd)  # the stat above was a hint: this is what we opened
+        return False
+    return _q_hand_over(s, w, n, fd, flags)
+
+
+def _q_hand_over(s: SandboxSession, w: Worker, n: notify.SeccompNotif, fd: int,
+                 flags: int) -> bool:  # fmt: skip
+    """Inject *fd*, our non-blocking descriptor on a regular file or a
+    directory (closed here), as the caller asked for it."""
+    try:
+        if not flags & O_NONBLOCK:
+            fcntl.fcntl(fd, _F_SETFL, 0)
+        w.resp.addfd(s.listener, n.id, fd, bool(flags & O_CLOEXEC))
+    finally:
+        _close(fd)
+    return True
+
+
+def _q_follow(s: SandboxSession, w: Worker, n: notify.SeccompNotif, root: int, full: bytes,
+              flags: int, how: OpenHow) -> bool:  # fmt: skip
+    """A path through a symlink (``/lib`` on a merged-/usr system): look it
+    up following symlinks, decide on the path of what was found, as the
+    worker does, and open that very object again (no second lookup).
+    The lookup is ``O_PATH``, which opens nothing: a FIFO, a device, a
+    denied file are never opened here.  With ``O_NOFOLLOW``, or when it
+    ends under /proc (where ``/proc/self`` would name us), a worker
+    answers."""
+    if flags & O_NOFOLLOW:
+        return False
+    how.flags = O_PATH | O_CLOEXEC | (flags & O_DIRECTORY)
+    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
+    try:
+        pfd = openat2(root, full, how)
+    except OSError as err:
+        return _q_failed(s, w, n, err)
+    try:
+        path = fd_path(pfd)
+        proc = not path.startswith("/") or path.startswith("/proc/") or path == "/proc"
+        verdict = None if proc else s.plan.decide(_READ, path)
+        if (
+            verdict is None
+            or _q_event_wanted(s, verdict)
+            or (verdict.allow and _fstat(pfd).st_mode & _S_IFMT not in _QUICK_KINDS)
+        ):
+            return False
+        if not verdict.allow:
+            return _q_refuse(s, w, n, path, verdict)
+        reflags = (flags & VALID_OPEN_FLAGS) | O_CLOEXEC | O_NOCTTY | O_NONBLOCK
+        try:
+            fd = os.open(f"/proc/self/fd/{pfd}", reflags)
+        except OSError as err:
+            return _q_failed(s, w, n, err)
+    finally:
+        _close(pfd)
+    return _q_hand_over(s, w, n, fd, flags)
+
+
+QUICK[NR_OPEN] = QUICK[NR_OPENAT] = q_open
+
+
+def _lexical(path: bytes) -> bytes:
+    """Absolute *path* with its empty, ``.`` and ``..`` components applied
+    as text (``..`` of ``/`` is ``/``).
+
+    Only for a path opened with ``RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS``:
+    then every component before a ``..`` was a directory itself, not a
+    symlink to one, and the kernel fails a scoped lookup whose ``..`` ran
+    while anything was renamed or mounted (EAGAIN), so the ``..`` of
+    ``/a/b`` was ``/a``: the object opened is the one this text names.
+    A component that is missing or not a directory fails the open (ENOENT,
+    ENOTDIR), as the caller's own open would."""
+    out: list[bytes] = []
+    for part in path.split(b"/"):
+        if part == b"..":
+            if out:
+                out.pop()
+        elif part and part != b".":
+            out.append(part)
+    return b"/" + b"/".join(out)
 
 
 def _categories(flags: int) -> tuple[Category, ...]:

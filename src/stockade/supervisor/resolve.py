@@ -130,16 +130,16 @@ def base_path(pid: int, dirfd: int) -> bytes:
     """The directory a relative path starts from, in the sandbox's view:
     the working directory, or what *dirfd* names.  ENOTDIR when dirfd is
     not a path (a pipe, a socket); ENOENT when it was deleted."""
-    link = f"/proc/{pid}/cwd" if dirfd == AT_FDCWD else f"/proc/{pid}/fd/{dirfd}"
+    link = b"/proc/%d/cwd" % pid if dirfd == AT_FDCWD else b"/proc/%d/fd/%d" % (pid, dirfd)
     try:
         target = os.readlink(link)
     except FileNotFoundError:
         raise OSError(errno.EBADF if dirfd != AT_FDCWD else errno.ENOENT, "bad dirfd") from None
-    if not target.startswith("/"):
+    if not target.startswith(b"/"):
         raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
-    if target.endswith(" (deleted)"):
+    if target.endswith(b" (deleted)"):
         raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
-    return os.fsencode(target)
+    return target
 
 
 def absolute(pid: int, dirfd: int, path: bytes) -> bytes:
