@@ -59,3 +59,30 @@ def test_io_uring_is_refused() -> None:
     assert v["control"]["errno"] == 0
     for name in ("setup", "enter", "register"):
         assert v[name]["errno"] == errno.EPERM, (name, v[name])
+
+
+SYS_io_setup = 206
+SYS_io_destroy = 207
+
+AIO_PROBE = f"""
+ctx = ctypes.c_ulong(0)
+def setup():
+    sys_call({SYS_io_setup}, 1, ctypes.addressof(ctx))
+    sys_call({SYS_io_destroy}, ctx.value)
+attempt("io_setup", setup)
+"""
+
+
+def test_linux_aio_is_refused_beside_a_supervisor(workdir: str) -> None:
+    # A direct read submitted with io_submit completes into memory after
+    # the call returned, so it could rewrite an address the supervisor
+    # decided on while a later call waits: with a supervisor, no AIO
+    # context can be made (ENOSYS, as a kernel without AIO answers, so
+    # programs fall back to threads).
+    outside = subprocess.run(
+        [PROBE_PY, "-c", probe_code(AIO_PROBE)], capture_output=True, timeout=30, check=False
+    )
+    assert verdicts(outside.stdout)["io_setup"]["errno"] == 0
+    res, v = run_probe(AIO_PROBE, write=[str(workdir)])
+    assert res.returncode == 0, res.stderr
+    assert v["io_setup"]["errno"] == errno.ENOSYS

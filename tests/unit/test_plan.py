@@ -95,6 +95,13 @@ def test_what_no_kernel_layer_expresses_goes_to_the_supervisor(
     assert plan.notify_program
     # Only that category: the others stay in the kernel layers.
     assert plan.notify.categories == {category}
+    # With a supervisor beside it, the sandbox makes no Linux AIO context.
+    assert plan.filter.deny_aio
+
+
+def test_linux_aio_is_left_alone_without_a_supervisor() -> None:
+    plan = compile_plan(policy(*BASIC, "sandbox/write:off", "sandbox/net/bind:off"), facts())
+    assert plan.notify is None and not plan.filter.deny_aio
 
 
 def test_deny_inside_an_allowed_tree_goes_to_the_supervisor_but_outside_is_fine() -> None:

@@ -159,6 +159,14 @@ def compile_plan(
     if "pid" in namespaces:
         proc_rights = _proc_rights(landlock)
     deny_tcp = facts.landlock_abi < 4 and not (net.connect_all and net.bind_all)
+    notify = None
+    if landlock.routed or net.routed or audit or observe or _needs_notify(policy_for_net):
+        from stockade.plan.notify import build_notify_program, compile_notify
+
+        notify = compile_notify(
+            policy_for_net, landlock.routed | net.routed, audit=audit, observe=observe
+        )
+
     spec = FilterSpec(
         allow_udp=net.allow_udp,
         deny_tcp=deny_tcp,
@@ -167,15 +175,8 @@ def compile_plan(
         tcp_restricted=bool(landlock.handled_net) or Category.NET_CONNECT in net.routed,
         deny_ipc="ipc" not in namespaces,
         deny_chmod=facts.privileged and Category.WRITE in policy.enabled,
+        deny_aio=notify is not None,
     )
-
-    notify = None
-    if landlock.routed or net.routed or audit or observe or _needs_notify(policy_for_net):
-        from stockade.plan.notify import build_notify_program, compile_notify
-
-        notify = compile_notify(
-            policy_for_net, landlock.routed | net.routed, audit=audit, observe=observe
-        )
 
     limits: dict[int, tuple[int, int]] = {}
     if policy.memory is not None:

@@ -178,6 +178,11 @@ class FilterSpec:
     #: Refuse mode changes, which Landlock (ABI 7) does not mediate (see
     #: MODE_CHANGES).
     deny_chmod: bool = False
+    #: Refuse Linux AIO contexts (ENOSYS, as on a kernel built without
+    #: them): a supervisor runs beside the sandbox, and a direct read that
+    #: completes after io_submit returned could rewrite memory the
+    #: supervisor decided on while a call waits (supervisor/net.py).
+    deny_aio: bool = False
 
 
 def build_program(spec: FilterSpec) -> bytes:
@@ -210,6 +215,8 @@ def build_program(spec: FilterSpec) -> bytes:
     for name in DENY_EPERM:
         verdicts[syscalls.nr(name)] = functools.partial(p.ret, eperm)
     verdicts[syscalls.nr("clone3")] = functools.partial(p.ret, ret_errno(errno.ENOSYS))
+    if spec.deny_aio:
+        verdicts[syscalls.nr("io_setup")] = functools.partial(p.ret, ret_errno(errno.ENOSYS))
     if spec.deny_chmod:
         for name in MODE_CHANGES:
             verdicts[syscalls.nr(name)] = functools.partial(p.ret, eperm)

@@ -283,8 +283,9 @@ QUICK[_NR_CONNECT] = q_connect
 #   MAP_SHARED mapping another process could write, nor a file's page that
 #   a write(2) to the file would change (PROCMAP_QUERY, /proc/PID/pagemap);
 # - no Linux AIO context is mapped (a direct read completes into memory
-#   after io_submit returned), and process_vm_writev, ptrace and io_uring
-#   are refused by the filter.
+#   after io_submit returned; the filter refuses io_setup beside a
+#   supervisor, so this only backs that up), and process_vm_writev,
+#   ptrace and io_uring are refused by the filter.
 #
 # Otherwise the call is refused (EACCES) with an event that says why: a
 # multithreaded program cannot reach an abstract socket while the write
