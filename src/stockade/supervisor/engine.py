@@ -139,7 +139,8 @@ class Supervisor:
         self._ep = select.epoll()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._ep.register(self._wake_r, select.EPOLLIN)
-        # fd -> (kind, session, socket or None); touched by the receiver only.
+        # fd -> (kind, session, socket or None); entries are added by adopt()
+        # (any thread) and changed or removed by the receiver only.
         self._watched: dict[int, tuple[str, Session, _socket.socket | None]] = {}
         self._new: list[tuple[_socket.socket, Session]] = []
         #: Held by the thread that is the receiver.
@@ -164,9 +165,13 @@ class Supervisor:
         """Take over the listener that a child will send on *handoff* (our
         end of the hand-off socket pair, SO_PASSCRED set), then supervise
         it in *session*.  Returns at once; the receiver does the rest."""
-        with self._lock:
-            self._new.append((handoff, session))
-        os.write(self._wake_w, b"x")
+        # Watched from here, not handed to the receiver through the wake
+        # pipe: waking it would cost a thread switch (and the GIL) while
+        # the launch is on its way; epoll_ctl is safe from any thread, and
+        # the entry is in place before the descriptor can poll readable.
+        fd = handoff.fileno()
+        self._watched[fd] = ("handoff", session, handoff)
+        self._ep.register(fd, select.EPOLLIN)
 
     # -- threads ------------------------------------------------------------------
 
