@@ -73,6 +73,7 @@ from stockade.kernel.seccomp import (
     PreparedFilter,
 )
 from stockade.launch.pidns import STEP_PID_INIT, STEP_PROC, PidNamespaceInit
+from stockade.launch.wire import RECORD_SIZE
 
 # Step numbers sent over the error pipe, and their names for messages.
 STEP_SETSID = 1
@@ -283,7 +284,6 @@ class _MountAttr(ctypes.Structure):
 
 
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
-RECORD_SIZE = 8
 
 
 class _CapHeader(ctypes.Structure):
@@ -936,21 +936,6 @@ def notify_setup(program: bytes, handoff_fd: int | None) -> dict[str, Any]:
         return {}
     flags = SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
     return {"notify_filter": PreparedFilter(program, flags), "notify_fd": handoff_fd}
-
-
-def read_record(fd: int) -> bytes:
-    """Read the child's verdict from the error pipe: empty once the child
-    exec'd (the pipe is CLOEXEC), or one ``(step, errno)`` record."""
-    data = b""
-    while len(data) < RECORD_SIZE:
-        try:
-            chunk = os.read(fd, RECORD_SIZE - len(data))
-        except InterruptedError:
-            continue
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def decode_record(data: bytes) -> tuple[str, int, int]:

@@ -267,9 +267,9 @@ class SandboxProcess(subprocess.Popen[Any]):
             decode_record,
             failed_target,
             notify_setup,
-            read_record,
         )
         from stockade.launch.options import bounding_to_drop, child_options
+        from stockade.launch.wire import read_record
 
         plan = prepared.plan
         options = child_options(plan, prepared.terminal)
