@@ -292,9 +292,13 @@ class Server:
 
     # -- spares --------------------------------------------------------------
 
-    def _fork_spare(self) -> None:
+    def _fork_spare(self, prepare: bool = False) -> None:
+        """Fork the spare kept here (if there is none).  With *prepare*, it
+        builds the setup of the last request as soon as it is born (see
+        :meth:`_replenish`)."""
         if self.spare is not None:
             return
+        sample = self._sample if prepare else None
         ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         server_pid = os.getpid()
@@ -313,9 +317,7 @@ class Server:
         if pid == 0:
             code = SPARE_FAILED
             try:
-                code = _spare_main(
-                    theirs.fileno(), err_w, server_pid, self._bounding_empty, self._sample
-                )
+                code = _spare_main(theirs.fileno(), err_w, server_pid, self._bounding_empty, sample)
             except BaseException:
                 _spare_fail(err_w, SPARE_SETUP, errno.EIO)
             finally:
@@ -323,6 +325,7 @@ class Server:
         theirs.close()
         os.close(err_w)
         self.spare = _Spare(pid, ours, err_r)
+        self.spare.told = sample is not None
 
     def _offer(self) -> None:
         """Hand the spare to the host, which sends its next request to it
@@ -372,10 +375,14 @@ class Server:
         a spare sets up and execs: on a machine with few CPUs, forking (and
         the new spare's own start) then competes with it for a CPU, and
         the start waits (this way a run of ``/bin/true`` took about 0.4 ms
-        less, measured alternately)."""
+        less, measured alternately).  It prepares the last request at once:
+        it is offered on the next ``took`` and gets the request after that,
+        so its preparation is never what a request waits for (told at the
+        exit before its request instead, a spare of a host that starts runs
+        back to back was still preparing when the request came)."""
         if self.spares and self.spare is None:
             try:
-                self._fork_spare()
+                self._fork_spare(prepare=True)
             except OSError:
                 pass  # the next request forks one, or reports why it cannot
 
@@ -540,18 +547,19 @@ def _spare_main(
     gc.disable()
     guess = None
     sock = _socket.socket(fileno=sock_fd)
-    got = recv_raw(sock)
+    # Born with the last request (a reserve): prepare it before waiting.
+    got = recv_raw(sock) if sample is None else (PREPARE, [])
     # Told once as a rule; should a second word come, the first counts.
     while got is not None and got[0].startswith(PREPARE):
         # The message carries the request to prepare (the last one, which
         # the host may have sent straight to a spare).
         sample = got[0][len(PREPARE) :] or sample
         if sample is not None and guess is None:
-            # Prepared ahead, when the server says nobody waits (this spare
-            # was forked while a run was starting: doing it then would slow
-            # that run), on the guess that the next request repeats the
-            # last one (a program run again and again): its descriptors
-            # will arrive under the lowest free numbers.  A request that
+            # Prepared ahead, at a time the server chose (not while a run
+            # starts: that would slow it), on the guess that the next
+            # request repeats the last one (a program run again and
+            # again): its descriptors will arrive under the lowest free
+            # numbers.  A request that
             # differs gets its own preparation, after all the faster for
             # the copy-on-write faults this one took.
             count = len(Request(**loads(sample)).fds) - 1
