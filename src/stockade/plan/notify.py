@@ -354,6 +354,28 @@ class _PathRules:
         copy._exact = self._exact
         return copy
 
+    def below(self, extra: list[Rule]) -> _PathRules:
+        """These rules with *extra* beneath them: any of these that matches
+        decides before any of *extra* (among *extra*, the last decides).
+
+        The extra rules get negative numbers, -len(extra) up to -1: they
+        sort below every rule here, and, their verdicts being appended,
+        ``_verdicts[i]`` finds them from the end.  So nothing filed here
+        is renumbered, and the tables are copied, not rebuilt."""
+        copy = self.fresh()
+        verdicts = list(self._verdicts)
+        index = dict(self._index)
+        exact = dict(self._exact)
+        for j, rule in enumerate(extra):
+            verdicts.append(_verdict_of(rule))
+            literal, key, match = _filing(rule.pattern)
+            table = exact if literal else index
+            table[key] = (*table.get(key, ()), (j - len(extra), match))
+        copy._verdicts = verdicts
+        copy._index = index
+        copy._exact = exact
+        return copy
+
     def decide(self, path: str) -> Verdict:
         found = self.cache.get(path)
         if found is not None:
@@ -521,6 +543,21 @@ class _Compiled:
         copy.net = {c: rules.fresh() for c, rules in self.net.items()}
         return copy
 
+    def below(self, extra: tuple[Rule, ...], rules: tuple[Rule, ...]) -> _Compiled | None:
+        """The same generation, with the filesystem rules *extra* beneath
+        every rule (see :meth:`_PathRules.below`); *rules* is the whole
+        list for :attr:`rules`.  None if *extra* has a network rule."""
+        by_cat: dict[Category, list[Rule]] = {}
+        for rule in extra:
+            if rule.category not in self.paths:
+                return None
+            by_cat.setdefault(rule.category, []).append(rule)
+        copy = self.fresh()
+        copy.rules = rules
+        for category, added in by_cat.items():
+            copy.paths[category] = copy.paths[category].below(added)
+        return copy
+
 
 Resolver = Callable[[str], "frozenset[IPAddress]"]
 
@@ -645,10 +682,19 @@ class NotifyPlan:
             run._implicit = self._implicit
             run._state = state.fresh()
         else:
-            run._implicit = (*self._implicit, *private_tmp_rules(private_tmp))
+            # The private tmp's allow rules go beneath the policy's (which
+            # may refine them) and beneath the other implicit ones (allow
+            # rules too: which of two allows decides changes nothing but
+            # the rule an event names).
+            extra = private_tmp_rules(private_tmp)
+            run._implicit = (*self._implicit, *extra)
             policy_rules = state.rules[len(self._implicit) :]
-            run._state = _Compiled(
-                (*run._implicit, *policy_rules), state.enabled, state.generation, run._aliases
+            rules = (*run._implicit, *policy_rules)
+            below = state.below(extra, rules)
+            run._state = (
+                below
+                if below is not None
+                else _Compiled(rules, state.enabled, state.generation, run._aliases)
             )
         return run
 
