@@ -108,8 +108,11 @@ SPARE_STDIO = 0x100
 SPARE_CHDIR = 0x101
 SPARE_EXEC = 0x102
 SPARE_SETUP = 0x103
-#: Tells a waiting spare to prepare the last request ahead (see _spare_main).
+#: Tells a waiting spare to prepare a request ahead (see _spare_main).
 PREPARE = b"prepare"
+#: The distinct recent requests a spare prepares ahead: a host that
+#: alternates a few programs or sandboxes finds its request ready.
+MAX_SAMPLES = 4
 #: Exit status of a spare that failed before or at exec.
 SPARE_FAILED = 127
 
@@ -170,6 +173,8 @@ class Server:
         self.offered: _Run | None = None
         #: The last request, for the next spare to prepare ahead.
         self._sample: bytes | None = None
+        #: The last few distinct requests, the latest first.
+        self._samples: list[bytes] = []
         # A spare is named from birth (the name is inherited), so that it
         # is never seen under the server's name: see _fork_spare.
         self._own_name = ctypes.create_string_buffer(16)
@@ -263,7 +268,7 @@ class Server:
             if "=" in key or "\0" in key:
                 raise ValueError("illegal environment variable name")
         spare = self._take_spare()
-        self._sample = data
+        self._remember(data)
         try:
             passed = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", fds.values()))]
             try:
@@ -298,7 +303,7 @@ class Server:
         :meth:`_replenish`)."""
         if self.spare is not None:
             return
-        sample = self._sample if prepare else None
+        samples = tuple(self._samples) if prepare else ()
         ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         server_pid = os.getpid()
@@ -317,7 +322,9 @@ class Server:
         if pid == 0:
             code = SPARE_FAILED
             try:
-                code = _spare_main(theirs.fileno(), err_w, server_pid, self._bounding_empty, sample)
+                code = _spare_main(
+                    theirs.fileno(), err_w, server_pid, self._bounding_empty, samples
+                )
             except BaseException:
                 _spare_fail(err_w, SPARE_SETUP, errno.EIO)
             finally:
@@ -325,7 +332,7 @@ class Server:
         theirs.close()
         os.close(err_w)
         self.spare = _Spare(pid, ours, err_r)
-        self.spare.told = sample is not None
+        self.spare.told = bool(samples)
 
     def _offer(self) -> None:
         """Hand the spare to the host, which sends its next request to it
@@ -363,12 +370,20 @@ class Server:
             return
         self.offered.drop_sock()
         self.offered = None
-        self._sample = data
+        self._remember(data)
         try:
             self._fork_spare()
         except OSError:
             return  # the next request forks one, or reports why it cannot
         self._offer()
+
+    def _remember(self, data: bytes) -> None:
+        """Keep *data* as the latest request, and among the last few."""
+        self._sample = data
+        if data in self._samples:
+            self._samples.remove(data)
+        self._samples.insert(0, data)
+        del self._samples[MAX_SAMPLES:]
 
     def _replenish(self) -> None:
         """Fork the spare kept in reserve, once a run has ended.  Not while
@@ -522,7 +537,7 @@ def _signal(pid: int) -> None:
 
 
 def _spare_main(
-    sock_fd: int, err_w: int, server_pid: int, bounding_empty: bool, sample: bytes | None
+    sock_fd: int, err_w: int, server_pid: int, bounding_empty: bool, samples: tuple[bytes, ...]
 ) -> int:
     """The life of a spare: wait for one request, set up, exec.
 
@@ -545,36 +560,39 @@ def _spare_main(
     os.closerange(keep[0] + 1, keep[1])
     os.closerange(keep[1] + 1, os.sysconf("SC_OPEN_MAX"))
     gc.disable()
-    guess = None
     sock = _socket.socket(fileno=sock_fd)
-    # Born with the last request (a reserve): prepare it before waiting.
-    got = recv_raw(sock) if sample is None else (PREPARE, [])
-    # Told once as a rule; should a second word come, the first counts.
-    while got is not None and got[0].startswith(PREPARE):
-        # The message carries the request to prepare (the last one, which
-        # the host may have sent straight to a spare).
-        sample = got[0][len(PREPARE) :] or sample
-        if sample is not None and guess is None:
-            # Prepared ahead, at a time the server chose (not while a run
-            # starts: that would slow it), on the guess that the next
-            # request repeats the last one (a program run again and
-            # again): its descriptors will arrive under the lowest free
-            # numbers.  A request that
-            # differs gets its own preparation, after all the faster for
-            # the copy-on-write faults this one took.
-            count = len(Request(**loads(sample)).fds) - 1
-            free = (fd for fd in range(3, 3 + count + 2) if fd not in (sock_fd, err_w))
-            predicted = [next(free) for _ in range(count)]
-            guess = (sample, predicted,
-                     _prepare(sample, predicted, err_w, server_pid, bounding_empty))  # fmt: skip
+    # Prepared ahead, at a time the server chose (not while a run starts:
+    # that would slow it), on the guess that the next request repeats one
+    # of the last few (programs run again and again): its descriptors will
+    # arrive under the lowest free numbers.  A request that differs gets
+    # its own preparation, after all the faster for the copy-on-write
+    # faults these took.  A reserve is born with the samples; a spare
+    # forked without is told one (PREPARE) once a run has ended.
+    guesses: list[tuple[bytes, list[int], _Ready]] = []
+    pending = list(samples)
+    got: tuple[bytes, list[int]] | None = None
+    while True:
+        for sample in pending:
+            if len(guesses) < MAX_SAMPLES and all(g[0] != sample for g in guesses):
+                count = len(Request(**loads(sample)).fds) - 1
+                free = (fd for fd in range(3, 3 + count + 2) if fd not in (sock_fd, err_w))
+                predicted = [next(free) for _ in range(count)]
+                ready = _prepare(sample, predicted, err_w, server_pid, bounding_empty)
+                ready[2].warm()
+                guesses.append((sample, predicted, ready))
         got = recv_raw(sock)
+        if got is None or not got[0].startswith(PREPARE):
+            break
+        pending = [got[0][len(PREPARE) :]]
     if got is None:
         return 0
-    if guess is not None and got[0] == guess[0] and got[1] == guess[1]:
-        req, named, setup, candidates = guess[2]
+    for sample, predicted, ready in guesses:
+        if got[0] == sample and got[1] == predicted:
+            req, named, setup, candidates = ready
+            break
     else:
-        del guess
         req, named, setup, candidates = _prepare(got[0], got[1], err_w, server_pid, bounding_empty)
+    del guesses
     # What Popen's child does before its preexec_fn, in its order (the
     # signal dispositions are reset already).
     try:
@@ -605,9 +623,14 @@ def _spare_main(
     return SPARE_FAILED
 
 
+#: A request decoded and made ready to run: the request, its descriptors
+#: by name, its ChildSetup and the paths to try for its command.
+_Ready = tuple[Request, dict[str, int], ChildSetup, list[str]]
+
+
 def _prepare(
     data: bytes, fds: list[int], err_w: int, server_pid: int, bounding_empty: bool
-) -> tuple[Request, dict[str, int], ChildSetup, list[str]]:
+) -> _Ready:
     """Decode a request and build its ChildSetup and the paths to try for
     its command, the request's descriptors being *fds*."""
     req = Request(**loads(data))
