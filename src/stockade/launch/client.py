@@ -133,6 +133,9 @@ class ForkServer:
                 self._failure = err
             finally:
                 ready.set()
+            # Once the server is started (its signal mask is this thread's),
+            # it takes none of the host's signals (see supervisor/engine.py).
+            signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNC_SIGNALS)
             threading.Event().wait()
 
         threading.Thread(target=keeper, name="stockade-forkserver", daemon=True).start()
@@ -271,6 +274,12 @@ class _Offer:
 
 def _rights(fds: list[int]) -> list[tuple[int, int, array.array[int]]]:
     return [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+
+
+#: Every signal but those a fault raises in the thread itself.
+_ASYNC_SIGNALS = signal.valid_signals() - {
+    signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS,
+}  # fmt: skip
 
 
 def _valid_env(env: Mapping[str, str]) -> bool:

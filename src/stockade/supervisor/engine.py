@@ -42,6 +42,7 @@ import ctypes
 import errno
 import os
 import select
+import signal
 import struct
 import threading
 
@@ -54,6 +55,12 @@ MIN_WORKERS = 1
 CLONE_FS = 0x00000200
 SYS_capset = 126
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+#: What the supervisor's threads block: every signal but those a fault
+#: raises in the thread itself.
+ASYNC_SIGNALS = signal.valid_signals() - {
+    signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS,
+}  # fmt: skip
 
 #: One hand-off record: the listener's descriptor number in the child.
 HANDOFF = struct.Struct("=i")
@@ -179,6 +186,10 @@ class Supervisor:
         threading.Thread(target=self._work, name="stockade-supervisor", daemon=True).start()
 
     def _work(self) -> None:
+        # A signal sent to the process may be taken by any thread that does
+        # not block it, and Python runs the handler only once the main
+        # thread next wakes: one taken here could wait forever.
+        signal.pthread_sigmask(signal.SIG_BLOCK, ASYNC_SIGNALS)
         try:
             self._confine_thread()
             worker: Worker | None = Worker()
