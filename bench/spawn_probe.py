@@ -2,7 +2,8 @@
 
 Alternates, in this one process, ``subprocess.run(['/bin/true'])`` with
 stockade's ``Sandbox.run(['/bin/true'])`` through each spawner: the fork
-server (the API's default) and ``spawner="fork"`` (a fork of this process,
+server (the API's default; supervised, unsupervised and with the default
+profile, see ``VARIANTS``) and ``spawner="fork"`` (a fork of this process,
 which needs it to be a child subreaper: this probe makes itself one).
 With ``--hold-mb`` it first touches that much memory.  Prints the samples
 as one JSON line; run it with ``src`` on ``PYTHONPATH``.
@@ -22,10 +23,22 @@ from stockade import PolicyError, Sandbox
 TRUE_READ = ["/usr", "/lib", "/lib64", "/bin", "/etc"]
 
 
-def sandboxed(spawner: str) -> Spawner | None:
+#: Variants of the sandbox: keyword arguments beside ``spawner``.  The
+#: first restricts writes (as every policy does unless told otherwise), so
+#: the supervisor starts beside each run; the second turns the categories
+#: that need it off, so that a run has no supervisor; the third is the
+#: default profile (a private tmp directory per run, a larger ruleset).
+VARIANTS: dict[str, dict[str, object]] = {
+    "": {"read": TRUE_READ},
+    ", no supervisor": {"read": TRUE_READ, "rules": ["sandbox/write:off", "sandbox/net/bind:off"]},
+    ", default profile": {"profile": "default"},
+}
+
+
+def sandboxed(spawner: str, options: dict[str, object]) -> Spawner | None:
     """Sandbox.run of /bin/true through *spawner*, or None if unsupported."""
     try:
-        sandbox = Sandbox(read=TRUE_READ, spawner=spawner)
+        sandbox = Sandbox(**options, spawner=spawner)  # type: ignore[arg-type]
     except (TypeError, PolicyError):
         return None
 
@@ -48,9 +61,12 @@ def main() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
     spawners: dict[str, Spawner] = {"native": native_true}
     for spawner in ("server", "fork"):
-        run = sandboxed(spawner)
-        if run is not None:
-            spawners[f"stockade ({spawner})"] = run
+        for label, options in VARIANTS.items():
+            if spawner == "fork" and label:
+                continue  # the fork spawner's cost is its fork: one variant shows it
+            run = sandboxed(spawner, options)
+            if run is not None:
+                spawners[f"stockade ({spawner}{label})"] = run
     result = alternate(spawners, args.reps)
     result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     emit(result)

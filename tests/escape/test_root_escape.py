@@ -20,8 +20,9 @@ import pytest
 
 import stockade
 from conftest import PROBE_PY, SYSTEM, is_root, probe_code, run_probe, verdicts
-from stockade.launch.child import ChildSetup, decode_record, failed_target, read_record
+from stockade.launch.child import ChildSetup, decode_record, failed_target
 from stockade.launch.options import bounding_to_drop, child_options
+from stockade.launch.wire import read_record
 from stockade.plan import compile_plan
 from stockade.policy.tomlfile import loads_toml
 from stockade.sandbox import kernel_facts

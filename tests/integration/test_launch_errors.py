@@ -52,8 +52,21 @@ def settled_fds() -> set[str]:
 
 def descendants(pid: int | None = None) -> set[int]:
     """Every live process below *pid* (default: this one), the fork server
-    included, its idle spare not: each start uses the spare and forks the
-    next one, so its pid changes."""
+    included, its idle spares not: each start uses a spare and forks the
+    next one, so their pids change.  A run that has ended forks the next
+    in the background, and the server is named like a spare while it
+    forks: looked at until two looks agree."""
+    seen = _not_spares(pid)
+    for _ in range(40):
+        time.sleep(0.02)
+        now = _not_spares(pid)
+        if now == seen:
+            break
+        seen = now
+    return seen
+
+
+def _not_spares(pid: int | None) -> set[int]:
     return {p for p in _descendants(pid) if _comm(p) != "stockade-spare"}
 
 

@@ -466,6 +466,26 @@ def test_a_run_gets_its_private_tmp_and_its_own_caches() -> None:
     assert not plan.decide(Category.WRITE, "/tmp/stockade-tmp-ab/x").allow
 
 
+def test_the_policy_refines_a_runs_private_tmp() -> None:
+    """A run's plan shares the sandbox's tables: its private tmp's allow
+    rules go beneath the policy's, which still decide inside it, and the
+    caches stay each run's own."""
+    p = policy("allow/write+/srv/***", "deny/write+/tmp/stockade-tmp-ab/keep/***")
+    plan = compile_notify(p, frozenset({Category.WRITE}))
+    assert plan is not None
+    run = plan.for_run("/tmp/stockade-tmp-ab")
+    verdict = run.decide(Category.WRITE, "/tmp/stockade-tmp-ab/x")
+    assert verdict.allow and verdict.rule is not None and "stockade-tmp-ab" in verdict.rule.pattern
+    refined = run.decide(Category.WRITE, "/tmp/stockade-tmp-ab/keep/y")
+    assert not refined.allow and refined.rule is not None and refined.rule.action is Action.DENY
+    assert run.decide(Category.WRITE, "/srv/a").allow
+    bare = plan.for_run()
+    assert not bare.decide(Category.WRITE, "/tmp/stockade-tmp-ab/x").allow
+    assert bare.decide(Category.WRITE, "/srv/a").allow
+    # Each run decides into its own cache, not into the sandbox's.
+    assert "/srv/a" not in plan._state.paths[Category.WRITE].cache
+
+
 def test_a_literal_rule_naming_a_directory_goes_to_the_supervisor() -> None:
     """Landlock cannot allow a directory without its contents: with the
     launcher's is_dir, such a rule is routed (and bounded by the tree)."""

@@ -45,16 +45,18 @@ The order, and why:
    then effective/permitted/inheritable.
 7. ``PR_SET_NO_NEW_PRIVS`` - required by both Landlock and seccomp, and
    makes setuid binaries harmless.
-8. Landlock - the ruleset fd was built by the parent; this step only
+8. the notify filter (when the policy needs the supervisor).  Its
+   listener fd is handed to the supervisor: we write its number on the
+   hand-off socket (``write`` is never trapped; the supervisor learns our
+   pid from SCM_CREDENTIALS and takes the fd with ``pidfd_getfd``).  The
+   acknowledgement is read after step 10, so that the supervisor's work
+   and ours overlap.  The main filter's ERRNO and KILL verdicts take
+   precedence over USER_NOTIF whatever the order the two are loaded in.
+9. Landlock - the ruleset fd was built by the parent; this step only
    enters it.
-9. seccomp - last, so the filter never has to allow our own setup.
-10. the notify filter (when the policy needs the supervisor) - installed
-    after the main filter, whose ERRNO and KILL verdicts take precedence
-    over its USER_NOTIF.  Its listener fd is handed to the supervisor:
-    we write its number on the hand-off socket (``write`` is never
-    trapped; the supervisor learns our pid from SCM_CREDENTIALS and takes
-    the fd with ``pidfd_getfd``), wait for the one-byte acknowledgement
-    (``read``, never trapped), and close our copy.  Only then may we exec:
+10. seccomp - last, so the filter never has to allow our own setup.
+11. wait for the supervisor's one-byte acknowledgement (``read``, never
+    trapped) and close our copy of the listener.  Only then may we exec:
     the command never runs a trapped call without a supervisor.
 """
 
@@ -73,6 +75,7 @@ from stockade.kernel.seccomp import (
     PreparedFilter,
 )
 from stockade.launch.pidns import STEP_PID_INIT, STEP_PROC, PidNamespaceInit
+from stockade.launch.wire import RECORD_SIZE
 
 # Step numbers sent over the error pipe, and their names for messages.
 STEP_SETSID = 1
@@ -154,6 +157,7 @@ SETUP_FAILED_STATUS = 125
 PR_SET_PDEATHSIG = 1
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_THP_DISABLE = 41
 PR_CAP_AMBIENT = 47
@@ -283,7 +287,6 @@ class _MountAttr(ctypes.Structure):
 
 
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
-RECORD_SIZE = 8
 
 
 class _CapHeader(ctypes.Structure):
@@ -475,6 +478,16 @@ class ChildSetup:
         if self._prctl(option, a2, a3, 0, 0) == -1:
             self._fail(step, self._get_errno())
 
+    def warm(self) -> None:
+        """Make harmless calls through the same ctypes paths as :meth:`run`
+        (getppid, a prctl query), in a forked process that has time to
+        spare before its request: the copy-on-write faults of the first
+        foreign call (some 40 µs here) are then taken while nobody waits."""
+        c_long = ctypes.c_long
+        self._syscall(c_long(SYS_getppid))
+        self._prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0)
+        self._get_errno()
+
     def run(self) -> None:
         """Apply every step, in order.  Child only; never returns on failure."""
         c_long = ctypes.c_long
@@ -517,16 +530,26 @@ class ChildSetup:
             self._sys(STEP_CAPS, SYS_capset, ctypes.byref(self._cap_header),
                       ctypes.byref(self._cap_data))  # fmt: skip
         self._pr(STEP_NNP, PR_SET_NO_NEW_PRIVS, 1)
+        # The listener goes to the supervisor first, so that it takes it
+        # over while Landlock and the main filter are entered here; its
+        # acknowledgement is awaited only before returning (to exec).
+        listener = self._hand_over() if self._notify is not None else -1
         if self._landlock_fd is not None:
             self._sys(STEP_LANDLOCK, _ffi.SYS_landlock_restrict_self,
                       c_long(self._landlock_fd), c_long(0))  # fmt: skip
         if self._filter is not None:
             self._sys(STEP_SECCOMP, _ffi.SYS_seccomp, c_long(SECCOMP_SET_MODE_FILTER),
                       c_long(self._filter.flags), self._filter.fprog_ref)  # fmt: skip
-        if self._notify is not None:
-            self._hand_over()
+        if listener >= 0:
+            self._await_supervisor(listener)
 
-    def _hand_over(self) -> None:
+    def _hand_over(self) -> int:
+        """Load the notify filter and send its listener's number to the
+        supervisor; returns the listener.  Nothing between here and the
+        acknowledgement is a call the filter traps (landlock_restrict_self,
+        seccomp, read, close), and precedence among stacked filters goes
+        by action, not by order: the main filter's ERRNO and KILL verdicts
+        still win over USER_NOTIF."""
         c_long = ctypes.c_long
         assert self._notify is not None and self._notify_fd is not None
         listener = self._sys(STEP_NOTIFY, _ffi.SYS_seccomp, c_long(SECCOMP_SET_MODE_FILTER),
@@ -540,6 +563,13 @@ class ChildSetup:
             if ret == -1 and self._get_errno() == 4:  # EINTR
                 continue
             self._fail(STEP_HANDOFF, self._get_errno() if ret == -1 else 32)  # EPIPE
+        return listener
+
+    def _await_supervisor(self, listener: int) -> None:
+        """Wait for the supervisor's acknowledgement: only then may we exec."""
+        c_long = ctypes.c_long
+        assert self._notify_fd is not None
+        sock = c_long(self._notify_fd)
         while True:
             ret = self._syscall(c_long(SYS_read), sock, self._ack, c_long(1))
             if ret == 1:
@@ -936,21 +966,6 @@ def notify_setup(program: bytes, handoff_fd: int | None) -> dict[str, Any]:
         return {}
     flags = SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
     return {"notify_filter": PreparedFilter(program, flags), "notify_fd": handoff_fd}
-
-
-def read_record(fd: int) -> bytes:
-    """Read the child's verdict from the error pipe: empty once the child
-    exec'd (the pipe is CLOEXEC), or one ``(step, errno)`` record."""
-    data = b""
-    while len(data) < RECORD_SIZE:
-        try:
-            chunk = os.read(fd, RECORD_SIZE - len(data))
-        except InterruptedError:
-            continue
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def decode_record(data: bytes) -> tuple[str, int, int]:

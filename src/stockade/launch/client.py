@@ -13,6 +13,7 @@ from __future__ import annotations
 
 # _socket, not socket: see stockade.launch.forkserver.
 import _socket
+import array
 import errno
 import os
 import select
@@ -24,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from stockade.errors import LaunchError
-from stockade.launch.wire import Request, recv_message, send_message
+from stockade.launch.wire import Request, dumps, read_record, recv_message, send_message
 
 if TYPE_CHECKING:  # the command line imports this before it forks its server
     from stockade.launch.spawn import Prepared
@@ -51,6 +52,8 @@ class ForkServer:
         self._failure: BaseException | None = None
         #: Our end of a server started but not yet greeted.
         self._pending: _socket.socket | None = None
+        #: The spare the server offered us (see :class:`_Offer`).
+        self._offer: _Offer | None = None
 
     def start(self) -> None:
         """Start the server now instead of at the first spawn, without
@@ -130,6 +133,9 @@ class ForkServer:
                 self._failure = err
             finally:
                 ready.set()
+            # Once the server is started (its signal mask is this thread's),
+            # it takes none of the host's signals (see supervisor/engine.py).
+            signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNC_SIGNALS)
             threading.Event().wait()
 
         threading.Thread(target=keeper, name="stockade-forkserver", daemon=True).start()
@@ -167,6 +173,7 @@ class ForkServer:
     def close(self) -> None:
         """Stop the server (it ends every run first) and wait for it."""
         with self._lock:
+            self._drop_offer()
             for sock in (self._ctl, self._pending):
                 if sock is not None:
                     sock.close()
@@ -180,24 +187,104 @@ class ForkServer:
                     pass
             self._pid = -1
 
-    def spawn(self, request: Request, fds: list[int]) -> _socket.socket:
-        """Send one request; returns the run's socket (our end)."""
-        mine, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
-        try:
-            with self._lock:
-                if self._ctl is None or not self._alive():
-                    if self._ctl is not None:
-                        self._ctl.close()
-                        self._ctl = None
-                    self._start()
-                assert self._ctl is not None
-                send_message(self._ctl, request.wire(), [theirs.fileno(), *fds])
-        except BaseException:
-            mine.close()
-            raise
-        finally:
-            theirs.close()
+    def spawn(self, request: Request, fds: list[int]) -> _socket.socket | _Offer:
+        """Send one request: to the spare the server offered, if there is
+        one (returns it: the caller reads its error pipe), else to the
+        server (returns the run's socket, our end, for its reply)."""
+        data = dumps(request.wire())
+        with self._lock:
+            if self._ctl is None or not self._alive():
+                self._drop_offer()
+                if self._ctl is not None:
+                    self._ctl.close()
+                    self._ctl = None
+                self._start()
+            assert self._ctl is not None
+            self._collect_offers()
+            offer, self._offer = self._offer, None
+            if offer is not None and _valid_env(request.env):
+                try:
+                    offer.sock.sendmsg([data], _rights(fds))
+                except OSError:
+                    offer.close()  # it died waiting; the server reaps it
+                else:
+                    offer.sock.close()
+                    try:
+                        send_message(self._ctl, ("took", offer.pid, data))
+                    except OSError:
+                        pass  # the server is gone, and with it the spare
+                    return offer
+            elif offer is not None:
+                offer.close()
+            mine, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+            try:
+                self._ctl.sendmsg([data], _rights([theirs.fileno(), *fds]))
+            except BaseException:
+                mine.close()
+                raise
+            finally:
+                theirs.close()
         return mine
+
+    def _collect_offers(self) -> None:
+        """Take the spares the server has offered since the last look."""
+        assert self._ctl is not None
+        while True:
+            try:
+                got = recv_message(self._ctl, _socket.MSG_DONTWAIT | _socket.MSG_CMSG_CLOEXEC)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # the server is gone: the next spawn notices
+            if got is None:
+                return
+            (what, *rest), fds = got
+            if what == "spare" and len(fds) == 3:
+                self._drop_offer()
+                self._offer = _Offer(rest[0], *fds)
+            else:
+                for fd in fds:
+                    os.close(fd)
+
+    def _drop_offer(self) -> None:
+        if self._offer is not None:
+            self._offer.close()
+            self._offer = None
+
+
+class _Offer:
+    """A spare the server offered: its pid, the socket it waits for its
+    request on, its error pipe (EOF once it has exec'd, else an error
+    record) and our end of its run socket (its exit status comes there)."""
+
+    def __init__(self, pid: int, sock: int, err_r: int, conn: int) -> None:
+        self.pid = pid
+        self.sock = _socket.socket(fileno=sock)
+        self.err_r = err_r
+        self.conn = _socket.socket(fileno=conn)
+
+    def close(self) -> None:
+        """Give it up: the server kills it when its run socket closes."""
+        self.sock.close()
+        if self.err_r >= 0:
+            os.close(self.err_r)
+            self.err_r = -1
+        self.conn.close()
+
+
+def _rights(fds: list[int]) -> list[tuple[int, int, array.array[int]]]:
+    return [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+
+
+#: Every signal but those a fault raises in the thread itself.
+_ASYNC_SIGNALS = signal.valid_signals() - {
+    signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS,
+}  # fmt: skip
+
+
+def _valid_env(env: Mapping[str, str]) -> bool:
+    # What the server refuses (and reports) itself.
+    return not any("=" in key or "\0" in key for key in env)
 
 
 _server: ForkServer | None = None
@@ -273,10 +360,15 @@ class ServerProcess(subprocess.Popen[Any]):
                 filter_program=plan.filter_program,
                 notify_program=self.prepared.notify_program,
             )
+            server = get()
             try:
-                conn = get().spawn(request, fds)
+                sent = server.spawn(request, fds)
             finally:
                 self.prepared.release_handoff()
+            if isinstance(sent, _Offer):
+                self._started_by_spare(sent, request)
+                return
+            conn = sent
             try:
                 reply = recv_message(conn)
             except OSError as err:
@@ -298,6 +390,24 @@ class ServerProcess(subprocess.Popen[Any]):
             self._child_created = True
         finally:
             self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)  # type: ignore[attr-defined]
+
+    def _started_by_spare(self, offer: _Offer, request: Request) -> None:
+        """Wait for the spare the request went to: EOF on its error pipe
+        once it has exec'd, or the record of the step that failed."""
+        try:
+            record = read_record(offer.err_r)
+        finally:
+            os.close(offer.err_r)
+            offer.err_r = -1
+        if record:
+            offer.conn.close()
+            # Imported only here: the host needs none of the server's modules.
+            from stockade.launch.forkserver import record_error
+
+            raise record_error(record, request)
+        self._conn = offer.conn
+        self.pid = offer.pid
+        self._child_created = True
 
     def _read_exit(self, timeout: float | None) -> bool:
         assert self._conn is not None

@@ -42,15 +42,17 @@ class RulesetCache:
         self.plan = plan
         policy = plan.policy
         # A pid namespace's init adds a rule on its own procfs (proc_rights).
-        self.usable = (
-            not policy.private_tmp
-            and not policy.tmpfs
-            and policy.root is None
-            and not plan.proc_rights
-        )
+        fixed = not policy.tmpfs and policy.root is None and not plan.proc_rights
+        self.usable = fixed and not policy.private_tmp
+        #: With a private tmp, each run needs a ruleset of its own (one more
+        #: rule); what is kept then is the grants, opened, with their rights:
+        #: a run's ruleset is made from them with one system call per rule.
+        self.grants_usable = fixed and policy.private_tmp
         self._lock = threading.Lock()
         self._fd = -1
         self._identity: list[tuple[int, int] | None] = []
+        self._opened: list[tuple[int, landlock.AccessFs, str]] = []
+        self._have_opened = False
 
     def get(self) -> int:
         """A new descriptor of the ruleset (the caller closes it)."""
@@ -63,16 +65,46 @@ class RulesetCache:
                 self._fd, self._identity = fd, identity
             return os.dup(self._fd)
 
+    def build(self, tmpdir: str | None) -> int:
+        """A new ruleset of the plan's grants and *tmpdir*'s (the caller
+        closes it), from the grants opened once (see :attr:`grants_usable`)."""
+        with self._lock:
+            identity = _identities(self.plan)
+            if not self._have_opened or identity != self._identity:
+                self._drop_opened()
+                self._opened = _open_grants(list(self.plan.landlock.grants), -1)
+                self._identity, self._have_opened = identity, True
+            lp = self.plan.landlock
+            fd = landlock.create_ruleset(lp.handled_fs, lp.handled_net, lp.scoped, lp.abi)
+            try:
+                for pfd, rights, path in self._opened:
+                    landlock.add_path_rule(fd, rights, pfd, path)
+                _add_tmp_grant(fd, self.plan, tmpdir)
+                for port, net_rights in lp.ports:
+                    landlock.add_port_rule(fd, net_rights, port)
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd
+
     def close(self) -> None:
         """Release the cached ruleset."""
         with self._lock:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+            self._drop_opened()
+
+    def _drop_opened(self) -> None:
+        for pfd, _rights, _path in self._opened:
+            os.close(pfd)
+        self._opened, self._have_opened = [], False
 
     def __del__(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
+        for pfd, _rights, _path in self._opened:
+            os.close(pfd)
 
 
 def _identities(plan: EnforcementPlan) -> list[tuple[int, int] | None]:
@@ -114,6 +146,8 @@ class Prepared:
                 self.tmpdir = tempfile.mkdtemp(prefix="stockade-tmp-")
             if rulesets is not None and rulesets.usable and terminal is None:
                 self.ruleset_fd = rulesets.get()
+            elif rulesets is not None and rulesets.grants_usable and terminal is None:
+                self.ruleset_fd = rulesets.build(self.tmpdir)
             else:
                 self.ruleset_fd = build_ruleset(plan, self.tmpdir, terminal)
             self.filter = PreparedFilter(plan.filter_program)
@@ -144,9 +178,12 @@ class Prepared:
             self.cgroup.destroy()
             self.cgroup = None
         if self.tmpdir is not None:
-            import shutil
+            try:
+                os.rmdir(self.tmpdir)  # most runs leave it empty: no rmtree
+            except OSError:
+                import shutil
 
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
+                shutil.rmtree(self.tmpdir, ignore_errors=True)
             self.tmpdir = None
 
 
@@ -167,12 +204,7 @@ def build_ruleset(plan: EnforcementPlan, tmpdir: str | None, terminal: str | Non
         if terminal is not None:
             grants = [_own_terminal_only(g, terminal) for g in grants]
         if tmpdir is not None and lp.handled_fs:
-            from stockade.plan.landlock import CATEGORY_RIGHTS
-
-            rights = landlock.AccessFs(0)
-            for right in CATEGORY_RIGHTS.values():
-                rights |= right
-            grants.append(PathGrant(tmpdir, rights & lp.handled_fs, True, "private tmp"))
+            grants.append(_tmp_grant(plan, tmpdir))
         root_fd = -1
         if any(g.in_root for g in grants):
             # root = DIR: the sandbox's paths are DIR's.
@@ -198,37 +230,74 @@ def build_ruleset(plan: EnforcementPlan, tmpdir: str | None, terminal: str | Non
     return fd
 
 
+def _tmp_grant(plan: EnforcementPlan, tmpdir: str) -> PathGrant:
+    from stockade.plan.landlock import CATEGORY_RIGHTS
+
+    rights = landlock.AccessFs(0)
+    for right in CATEGORY_RIGHTS.values():
+        rights |= right
+    return PathGrant(tmpdir, rights & plan.landlock.handled_fs, True, "private tmp")
+
+
+def _add_tmp_grant(fd: int, plan: EnforcementPlan, tmpdir: str | None) -> None:
+    if tmpdir is not None and plan.landlock.handled_fs:
+        _add_grants(fd, [_tmp_grant(plan, tmpdir)], -1)
+
+
 def _add_grants(fd: int, grants: list[PathGrant], root_fd: int) -> None:
-    for grant in grants:
-        try:
-            if grant.in_root:
-                pfd = landlock.open_path_in_root(root_fd, grant.path)
-            else:
-                pfd = landlock.open_path(grant.path)
-        except FileNotFoundError:
-            continue
-        except OSError as err:
-            raise PolicyError(
-                f"cannot open {grant.path}: {errno.errorcode.get(err.errno or 0, err)}",
-                "policy",
-                grant.origin,
-            ) from err
-        try:
-            is_dir = os.path.isdir(f"/proc/self/fd/{pfd}")
-            rights = grant.rights
-            if not is_dir:
-                rights &= landlock.FILE_RIGHTS
-            elif not grant.tree:
+    opened = _open_grants(grants, root_fd)
+    try:
+        for pfd, rights, path in opened:
+            landlock.add_path_rule(fd, rights, pfd, path)
+    finally:
+        for pfd, _rights, _path in opened:
+            os.close(pfd)
+
+
+def _open_grants(grants: list[PathGrant], root_fd: int) -> list[tuple[int, landlock.AccessFs, str]]:
+    """Each grant's path opened (``O_PATH``), with the rights it gets there:
+    ``(fd, rights, path)``; missing paths and grants left with no right
+    are skipped.  The caller closes the descriptors."""
+    out: list[tuple[int, landlock.AccessFs, str]] = []
+    try:
+        for grant in grants:
+            try:
+                if grant.in_root:
+                    pfd = landlock.open_path_in_root(root_fd, grant.path)
+                else:
+                    pfd = landlock.open_path(grant.path)
+            except FileNotFoundError:
+                continue
+            except OSError as err:
                 raise PolicyError(
-                    f"{grant.path} is a directory; allow the tree with {grant.path}/*** "
-                    "(a rule for the directory alone needs the supervisor)",
+                    f"cannot open {grant.path}: {errno.errorcode.get(err.errno or 0, err)}",
                     "policy",
                     grant.origin,
-                )
+                ) from err
+            try:
+                is_dir = os.path.isdir(f"/proc/self/fd/{pfd}")
+                rights = grant.rights
+                if not is_dir:
+                    rights &= landlock.FILE_RIGHTS
+                elif not grant.tree:
+                    raise PolicyError(
+                        f"{grant.path} is a directory; allow the tree with {grant.path}/*** "
+                        "(a rule for the directory alone needs the supervisor)",
+                        "policy",
+                        grant.origin,
+                    )
+            except BaseException:
+                os.close(pfd)
+                raise
             if rights:
-                landlock.add_path_rule(fd, rights, pfd, grant.path)
-        finally:
+                out.append((pfd, rights, grant.path))
+            else:
+                os.close(pfd)
+    except BaseException:
+        for pfd, _rights, _path in out:
             os.close(pfd)
+        raise
+    return out
 
 
 def _own_terminal_only(grant: PathGrant, terminal: str) -> PathGrant:
@@ -267,9 +336,9 @@ class SandboxProcess(subprocess.Popen[Any]):
             decode_record,
             failed_target,
             notify_setup,
-            read_record,
         )
         from stockade.launch.options import bounding_to_drop, child_options
+        from stockade.launch.wire import read_record
 
         plan = prepared.plan
         options = child_options(plan, prepared.terminal)

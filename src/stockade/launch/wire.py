@@ -19,6 +19,8 @@ from stockade._record import field, record
 
 MAX_FDS = 8
 MAX_MESSAGE = 1 << 20
+#: A child's error record: ``step | errno << 16 | index << 32``.
+RECORD_SIZE = 8
 
 
 @record()
@@ -75,19 +77,22 @@ def send_message(sock: _socket.socket, obj: object, fds: list[int] = ()) -> None
     sock.sendmsg([data], anc)
 
 
-def recv_message(sock: _socket.socket) -> tuple[Any, list[int]] | None:
+def recv_message(sock: _socket.socket, flags: int = 0) -> tuple[Any, list[int]] | None:
     """Receive one message and its descriptors; None at end of stream."""
-    got = recv_raw(sock)
+    got = recv_raw(sock, flags)
     if got is None:
         return None
     return loads(got[0]), got[1]
 
 
-def recv_raw(sock: _socket.socket) -> tuple[bytes, list[int]] | None:
+def recv_raw(sock: _socket.socket, flags: int = 0) -> tuple[bytes, list[int]] | None:
     """Receive one message (still encoded) and its descriptors; None at
-    end of stream."""
+    end of stream.  *flags* go to ``recvmsg`` (``MSG_DONTWAIT``,
+    ``MSG_CMSG_CLOEXEC``)."""
     fds = array.array("i")
-    data, anc, _flags, _addr = sock.recvmsg(MAX_MESSAGE, _socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+    data, anc, _flags, _addr = sock.recvmsg(
+        MAX_MESSAGE, _socket.CMSG_SPACE(MAX_FDS * fds.itemsize), flags
+    )
     for level, kind, payload in anc:
         if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
@@ -97,3 +102,18 @@ def recv_raw(sock: _socket.socket) -> tuple[bytes, list[int]] | None:
             os.close(fd)
         return None
     return data, received
+
+
+def read_record(fd: int) -> bytes:
+    """Read a child's verdict from its error pipe: empty once the child
+    exec'd (the pipe is CLOEXEC), or one ``(step, errno)`` record."""
+    data = b""
+    while len(data) < RECORD_SIZE:
+        try:
+            chunk = os.read(fd, RECORD_SIZE - len(data))
+        except InterruptedError:
+            continue
+        if not chunk:
+            break
+        data += chunk
+    return data

@@ -115,6 +115,7 @@ closed.
 from __future__ import annotations
 
 import errno
+import functools
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -331,21 +332,49 @@ class _PathRules:
         index: dict[str, list[_Entry]] = {}
         exact: dict[str, list[_Entry]] = {}
         for i, rule in enumerate(rules):
-            spellings = [rule.pattern]
-            alias = aliases.get(rule.pattern)
-            if alias is not None and alias != rule.pattern:
+            pattern = rule.pattern
+            spellings = [pattern]
+            alias = aliases.get(pattern)
+            if alias is not None and alias != pattern:
                 spellings.append(alias)
-            for pattern in spellings:
-                root = patterns.tree_root(pattern)
-                if root is not None:
-                    index.setdefault(root, []).append((i, None))
-                elif patterns.is_literal(pattern):
-                    exact.setdefault(pattern, []).append((i, None))
-                else:
-                    match = patterns.compile_pattern(pattern).match
-                    index.setdefault(patterns.literal_prefix(pattern), []).append((i, match))
+            for spelling in spellings:
+                literal, key, match = _filing(spelling)
+                (exact if literal else index).setdefault(key, []).append((i, match))
         self._index = {k: tuple(v) for k, v in index.items()}
         self._exact = {k: tuple(v) for k, v in exact.items()}
+
+    def fresh(self) -> _PathRules:
+        """The same rules with an empty cache of their own (the tables are
+        never changed once built, so they are shared)."""
+        copy = _PathRules.__new__(_PathRules)
+        copy.default = self.default
+        copy.cache = {}
+        copy._verdicts = self._verdicts
+        copy._index = self._index
+        copy._exact = self._exact
+        return copy
+
+    def below(self, extra: list[Rule]) -> _PathRules:
+        """These rules with *extra* beneath them: any of these that matches
+        decides before any of *extra* (among *extra*, the last decides).
+
+        The extra rules get negative numbers, -len(extra) up to -1: they
+        sort below every rule here, and, their verdicts being appended,
+        ``_verdicts[i]`` finds them from the end.  So nothing filed here
+        is renumbered, and the tables are copied, not rebuilt."""
+        copy = self.fresh()
+        verdicts = list(self._verdicts)
+        index = dict(self._index)
+        exact = dict(self._exact)
+        for j, rule in enumerate(extra):
+            verdicts.append(_verdict_of(rule))
+            literal, key, match = _filing(rule.pattern)
+            table = exact if literal else index
+            table[key] = (*table.get(key, ()), (j - len(extra), match))
+        copy._verdicts = verdicts
+        copy._index = index
+        copy._exact = exact
+        return copy
 
     def decide(self, path: str) -> Verdict:
         found = self.cache.get(path)
@@ -385,10 +414,35 @@ def _first(entry: _Entry) -> int:
     return entry[0]
 
 
+@functools.lru_cache(maxsize=4096)
+def _filing(pattern: str) -> tuple[bool, str, Callable[[str], bool] | None]:
+    """Where :class:`_PathRules` files *pattern*: ``(literal, key, matcher)``.
+    Cached: every run of a sandbox files the same patterns again."""
+    root = patterns.tree_root(pattern)
+    if root is not None:
+        return False, root, None
+    if patterns.is_literal(pattern):
+        return True, pattern, None
+    return False, patterns.literal_prefix(pattern), patterns.compile_pattern(pattern).match
+
+
+#: Verdicts by rule identity (the rule is kept, so the id stays its own):
+#: each run of a sandbox builds its tables from the same rule objects.
+_VERDICTS: dict[int, tuple[Rule, Verdict]] = {}
+
+
 def _verdict_of(rule: Rule) -> Verdict:
+    known = _VERDICTS.get(id(rule))
+    if known is not None and known[0] is rule:
+        return known[1]
     if rule.action is Action.ALLOW:
-        return Verdict(True, rule, 0)
-    return Verdict(False, rule, errno.EACCES)
+        verdict = Verdict(True, rule, 0)
+    else:
+        verdict = Verdict(False, rule, errno.EACCES)
+    if len(_VERDICTS) >= CACHE_LIMIT:
+        _VERDICTS.clear()
+    _VERDICTS[id(rule)] = (rule, verdict)
+    return verdict
 
 
 @record(frozen=True)
@@ -443,6 +497,16 @@ class _NetRules:
         self.rules = tuple(out)
         self.has_hostnames = any(r.hostname is not None for r in out)
 
+    def fresh(self) -> _NetRules:
+        """The same rules with empty caches of their own."""
+        copy = _NetRules.__new__(_NetRules)
+        copy.default = self.default
+        copy.cache = {}
+        copy.packed = {}
+        copy.rules = self.rules
+        copy.has_hostnames = self.has_hostnames
+        return copy
+
 
 def _is_address(host: str) -> bool:
     return ":" in host or host[:1].isdigit()
@@ -468,6 +532,31 @@ class _Compiled:
             by_cat[rule.category].append(rule)
         self.paths = {c: _PathRules(by_cat[c], c in enabled, aliases) for c in FS_CATEGORIES}
         self.net = {c: _NetRules(by_cat[c], c in enabled) for c in NET_CATEGORIES}
+
+    def fresh(self) -> _Compiled:
+        """The same generation with empty caches of its own."""
+        copy = _Compiled.__new__(_Compiled)
+        copy.rules = self.rules
+        copy.enabled = self.enabled
+        copy.generation = self.generation
+        copy.paths = {c: rules.fresh() for c, rules in self.paths.items()}
+        copy.net = {c: rules.fresh() for c, rules in self.net.items()}
+        return copy
+
+    def below(self, extra: tuple[Rule, ...], rules: tuple[Rule, ...]) -> _Compiled | None:
+        """The same generation, with the filesystem rules *extra* beneath
+        every rule (see :meth:`_PathRules.below`); *rules* is the whole
+        list for :attr:`rules`.  None if *extra* has a network rule."""
+        by_cat: dict[Category, list[Rule]] = {}
+        for rule in extra:
+            if rule.category not in self.paths:
+                return None
+            by_cat.setdefault(rule.category, []).append(rule)
+        copy = self.fresh()
+        copy.rules = rules
+        for category, added in by_cat.items():
+            copy.paths[category] = copy.paths[category].below(added)
+        return copy
 
 
 Resolver = Callable[[str], "frozenset[IPAddress]"]
@@ -577,19 +666,36 @@ class NotifyPlan:
         run's private tmp directory *private_tmp* (made at launch, so no
         policy names it; Landlock grants it every right, and so must the
         supervisor: ``chmod``/``utimensat`` there are decided as write)."""
-        extra = private_tmp_rules(private_tmp) if private_tmp is not None else ()
-        run = NotifyPlan(
-            self._state.rules[len(self._implicit) :],
-            self._state.enabled,
-            self.categories,
-            self.traps,
-            audit=self.audit,
-            resolver=self._resolver,
-            implicit=(*self._implicit, *extra),
-        )
-        if self._aliases:
-            run._aliases.update(self._aliases)
-            run.replace_rules(self._state.rules[len(self._implicit) :])
+        # Built without __init__: the traps and the rules' tables are this
+        # plan's (never changed in place, only replaced), so a run without
+        # extra rules shares them and pays only for empty caches.
+        run = NotifyPlan.__new__(NotifyPlan)
+        run.categories = self.categories
+        run.traps = self.traps
+        run.syscalls = self.syscalls
+        run.audit = self.audit
+        run._resolver = self._resolver
+        run._hosts = {}
+        run._aliases = dict(self._aliases)
+        state = self._state
+        if private_tmp is None:
+            run._implicit = self._implicit
+            run._state = state.fresh()
+        else:
+            # The private tmp's allow rules go beneath the policy's (which
+            # may refine them) and beneath the other implicit ones (allow
+            # rules too: which of two allows decides changes nothing but
+            # the rule an event names).
+            extra = private_tmp_rules(private_tmp)
+            run._implicit = (*self._implicit, *extra)
+            policy_rules = state.rules[len(self._implicit) :]
+            rules = (*run._implicit, *policy_rules)
+            below = state.below(extra, rules)
+            run._state = (
+                below
+                if below is not None
+                else _Compiled(rules, state.enabled, state.generation, run._aliases)
+            )
         return run
 
     def resolve_rule_paths(self, realpath: Callable[[str], str]) -> int:

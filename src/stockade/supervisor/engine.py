@@ -42,6 +42,7 @@ import ctypes
 import errno
 import os
 import select
+import signal
 import struct
 import threading
 
@@ -54,6 +55,12 @@ MIN_WORKERS = 1
 CLONE_FS = 0x00000200
 SYS_capset = 126
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+#: What the supervisor's threads block: every signal but those a fault
+#: raises in the thread itself.
+ASYNC_SIGNALS = signal.valid_signals() - {
+    signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS,
+}  # fmt: skip
 
 #: One hand-off record: the listener's descriptor number in the child.
 HANDOFF = struct.Struct("=i")
@@ -142,7 +149,8 @@ class Supervisor:
         self._ep = select.epoll()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._ep.register(self._wake_r, select.EPOLLIN)
-        # fd -> (kind, session, socket or None); touched by the receiver only.
+        # fd -> (kind, session, socket or None); entries are added by adopt()
+        # (any thread) and changed or removed by the receiver only.
         self._watched: dict[int, tuple[str, Session, _socket.socket | None]] = {}
         self._new: list[tuple[_socket.socket, Session]] = []
         #: Held by the thread that is the receiver.
@@ -167,9 +175,13 @@ class Supervisor:
         """Take over the listener that a child will send on *handoff* (our
         end of the hand-off socket pair, SO_PASSCRED set), then supervise
         it in *session*.  Returns at once; the receiver does the rest."""
-        with self._lock:
-            self._new.append((handoff, session))
-        os.write(self._wake_w, b"x")
+        # Watched from here, not handed to the receiver through the wake
+        # pipe: waking it would cost a thread switch (and the GIL) while
+        # the launch is on its way; epoll_ctl is safe from any thread, and
+        # the entry is in place before the descriptor can poll readable.
+        fd = handoff.fileno()
+        self._watched[fd] = ("handoff", session, handoff)
+        self._ep.register(fd, select.EPOLLIN)
 
     # -- threads ------------------------------------------------------------------
 
@@ -177,6 +189,10 @@ class Supervisor:
         threading.Thread(target=self._work, name="stockade-supervisor", daemon=True).start()
 
     def _work(self) -> None:
+        # A signal sent to the process may be taken by any thread that does
+        # not block it, and Python runs the handler only once the main
+        # thread next wakes: one taken here could wait forever.
+        signal.pthread_sigmask(signal.SIG_BLOCK, ASYNC_SIGNALS)
         try:
             self._confine_thread()
             worker: Worker | None = Worker()
