@@ -420,6 +420,10 @@ class _PathRules:
             if kids is None:
                 kids = self._children_of(parent)
             if kids.__class__ is Verdict:
+                cache = self.cache
+                if len(cache) >= CACHE_LIMIT:
+                    cache.clear()
+                cache[path] = kids
                 return kids
             return self._decide_child(path, kids)  # type: ignore[arg-type]
         return self._decide_full(path)
