@@ -380,6 +380,79 @@ def test_decide_agrees_with_last_match_wins(rules: list[Rule], probes: list[str]
             assert got.errno == (0 if got.allow else errno.EACCES)
 
 
+# Children of one directory are decided from that directory's candidates,
+# or from one verdict for them all: siblings, deep trees, odd spellings.
+TREE_PARTS = st.sampled_from(["a", "b", "ab", "a.txt", "x\ny", "*", "é", ".", ".."])
+TREE_PATTERN_PARTS = st.sampled_from(["a", "b", "ab", "*", "**", "?", "a*", "[ab]", "*.txt"])
+
+
+@st.composite
+def tree_paths(draw: st.DrawFn) -> str:
+    text = "/" + "/".join(draw(st.lists(TREE_PARTS, min_size=0, max_size=6)))
+    return text + draw(st.sampled_from(["", "", "", "/", "//x"]))
+
+
+@st.composite
+def tree_patterns(draw: st.DrawFn) -> str:
+    head = "/" + "/".join(draw(st.lists(st.sampled_from(["a", "b", "ab"]), max_size=3)))
+    tail = draw(st.sampled_from(["/**", "/*", "/***", "", "/**", "/*", None]))
+    if tail is None:  # any glob
+        tail = "/" + "/".join(draw(st.lists(TREE_PATTERN_PARTS, min_size=1, max_size=3)))
+    return ((head.rstrip("/") + tail) or "/").replace("//", "/")
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(list(Action)), tree_patterns()), min_size=0, max_size=7),
+    st.lists(tree_paths(), min_size=1, max_size=10),
+    st.booleans(),
+    st.booleans(),
+)
+def test_children_decide_as_the_full_matcher(
+    spec: list[tuple[Action, str]], probes: list[str], on: bool, alias: bool
+) -> None:
+    rules = [rule(f"{action}/read+{text}") for action, text in spec]
+    enabled = frozenset({Category.READ}) if on else frozenset()
+    plan = NotifyPlan(rules, enabled, frozenset({Category.READ}), ())
+    if alias:  # /a is a symlink to /b/ab: rules under /a match under /b/ab too
+        plan.resolve_rule_paths(lambda p: "/b/ab" + p[2:] if f"{p}/".startswith("/a/") else p)
+    # Siblings and parents of each probe, in an order that fills the
+    # per-directory table before the path itself is asked.
+    asked = []
+    for _, text in spec:  # paths each pattern names or matches
+        named = text
+        for glob, stand_in in (("***", "a"), ("**", "a/b"), ("*", "a"), ("?", "b"), ("[ab]", "a")):
+            named = named.replace(glob, stand_in)
+        probes.append(named)
+    for path in probes:
+        parent = path[: path.rfind("/")] or "/"
+        asked += [parent + "/a", parent + "/zz", path, parent, path + "/a"]
+    for path in asked:
+        got = plan.decide(Category.READ, path)
+        full = plan._state.paths[Category.READ]._decide_full(path)
+        assert got == full, (path, got, full)
+        if not alias:
+            want = reference(rules, on, Category.READ, path)
+            assert got.rule == want, (path, got, want)
+
+
+def test_a_uniform_tree_is_decided_once_per_directory() -> None:
+    plan = compile_notify(
+        policy("allow/read+/usr/**", "deny/read+/usr/lib/*.pyc", "allow/read+/usr/lib/x/*"),
+        frozenset({Category.READ}),
+    )
+    assert plan is not None
+    paths = plan._state.paths[Category.READ]
+    assert plan.decide(Category.READ, "/usr/share/doc").allow
+    assert paths._children["/usr/share"].allow  # one verdict for every child
+    assert not plan.decide(Category.READ, "/usr/lib/a.pyc").allow
+    assert isinstance(paths._children["/usr/lib"], tuple)  # a glob that picks
+    assert plan.decide(Category.READ, "/usr/lib/x/y.pyc").allow  # under /usr/lib/x/*
+    assert plan.decide(Category.READ, "/usr/lib/x/y/z.pyc").allow  # under /usr/** again
+    plan.replace_rules([rule("deny/read+/usr/***")])
+    assert not plan.decide(Category.READ, "/usr/share/doc").allow
+
+
 NETS = st.sampled_from(["*", "10.0.0.0/8", "10.1.0.0/16", "127.0.0.1", "::1", "::/0", "0.0.0.0/0"])
 PORTS = st.sampled_from(["*", "80", "443", "80-443", "22,80"])
 ADDRS = st.sampled_from(["10.1.2.3", "10.2.0.1", "127.0.0.1", "::1", "::ffff:10.1.2.3", "1.1.1.1"])

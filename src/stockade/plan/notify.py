@@ -96,8 +96,12 @@ the category wins, and with no match a category that is on denies.  Every
 path a pattern matches lies at or beneath the pattern's literal prefix, so
 rules are filed by that prefix: a decision looks up the path's ancestors
 (a few dict lookups, whatever the number of rules), tries the rules found
-there from the last back, and only globs run a matcher.  Decisions are
-cached per category and path; the cache belongs to the compiled rule set,
+there from the last back, and only globs run a matcher.  A path's
+candidates from above it are its parent directory's, worked out once per
+directory: often one verdict holds for every child of a directory (under
+``allow/read+/usr/**`` with no rule filed beneath ``/usr``), and a new
+path there (``find`` opens nothing but new ones) costs one lookup of its
+parent.  Decisions are cached per category and path; the cache belongs to the compiled rule set,
 which :meth:`NotifyPlan.replace_rules` swaps as a whole, so a change of
 rules can never be answered from a stale cache, and the generation counter
 says which rule set decided.  ``bench/notify_decide.py`` measures it.
@@ -323,14 +327,27 @@ class _PathRules:
     that matches decides.
     """
 
-    __slots__ = ("_exact", "_index", "_verdicts", "cache", "default")
+    __slots__ = (
+        "_children",
+        "_exact",
+        "_index",
+        "_parents",
+        "_shapes",
+        "_subtree",
+        "_verdicts",
+        "cache",
+        "default",
+    )
 
     def __init__(self, rules: list[Rule], on: bool, aliases: dict[str, str]) -> None:
         self.default = DENY if on else ALLOW
         self.cache: dict[str, Verdict] = {}
+        self._children: dict[str, Verdict | tuple[_Entry, ...]] = {}
+        self._subtree: dict[str, Verdict] = {}
         self._verdicts = [_verdict_of(r) for r in rules]
         index: dict[str, list[_Entry]] = {}
         exact: dict[str, list[_Entry]] = {}
+        shapes: dict[_Entry, tuple[int, str]] = {}
         for i, rule in enumerate(rules):
             pattern = rule.pattern
             spellings = [pattern]
@@ -340,18 +357,27 @@ class _PathRules:
             for spelling in spellings:
                 literal, key, match = _filing(spelling)
                 (exact if literal else index).setdefault(key, []).append((i, match))
+                shape = _shape(spelling)
+                if shape is not None:
+                    shapes[(i, match)] = shape
         self._index = {k: tuple(v) for k, v in index.items()}
         self._exact = {k: tuple(v) for k, v in exact.items()}
+        self._shapes = shapes
+        self._parents = _parents_of(self._index, self._exact)
 
     def fresh(self) -> _PathRules:
-        """The same rules with an empty cache of their own (the tables are
+        """The same rules with empty caches of their own (the tables are
         never changed once built, so they are shared)."""
         copy = _PathRules.__new__(_PathRules)
         copy.default = self.default
         copy.cache = {}
+        copy._children = {}
+        copy._subtree = {}
         copy._verdicts = self._verdicts
         copy._index = self._index
         copy._exact = self._exact
+        copy._shapes = self._shapes
+        copy._parents = self._parents
         return copy
 
     def below(self, extra: list[Rule]) -> _PathRules:
@@ -366,20 +392,154 @@ class _PathRules:
         verdicts = list(self._verdicts)
         index = dict(self._index)
         exact = dict(self._exact)
+        shapes = dict(self._shapes)
         for j, rule in enumerate(extra):
             verdicts.append(_verdict_of(rule))
             literal, key, match = _filing(rule.pattern)
             table = exact if literal else index
-            table[key] = (*table.get(key, ()), (j - len(extra), match))
+            entry = (j - len(extra), match)
+            table[key] = (*table.get(key, ()), entry)
+            shape = _shape(rule.pattern)
+            if shape is not None:
+                shapes[entry] = shape
         copy._verdicts = verdicts
         copy._index = index
         copy._exact = exact
+        copy._shapes = shapes
+        copy._parents = _parents_of(index, exact)
         return copy
 
     def decide(self, path: str) -> Verdict:
         found = self.cache.get(path)
         if found is not None:
             return found
+        cut = path.rfind("/")
+        if 0 < cut < len(path) - 1 and path[0] == "/":
+            parent = path[:cut]
+            kids = self._children.get(parent)
+            if kids is None:
+                kids = self._children_of(parent)
+            if kids.__class__ is Verdict:
+                cache = self.cache
+                if len(cache) >= CACHE_LIMIT:
+                    cache.clear()
+                cache[path] = kids
+                return kids
+            return self._decide_child(path, kids)  # type: ignore[arg-type]
+        return self._decide_full(path)
+
+    def _decide_child(self, path: str, kids: tuple[_Entry, ...]) -> Verdict:
+        """:meth:`_decide_full` for *path*, a child of a directory whose
+        candidates from above are *kids* (see :meth:`_children_of`)."""
+        candidates = list(kids)
+        entries = self._exact.get(path)
+        if entries:
+            candidates.extend(entries)
+        entries = self._index.get(path)
+        if entries:
+            candidates.extend(entries)
+        verdict = self.default
+        if candidates:
+            candidates.sort(key=_first, reverse=True)
+            for i, match in candidates:
+                if match is None or match(path):
+                    verdict = self._verdicts[i]
+                    break
+        if len(self.cache) >= CACHE_LIMIT:
+            self.cache.clear()
+        self.cache[path] = verdict
+        return verdict
+
+    def _children_of(self, parent: str) -> Verdict | tuple[_Entry, ...]:
+        """What decides a child ``parent + "/" + name`` (*name* not empty,
+        without ``/``), cached per *parent*: the verdict of every such
+        child when one verdict holds for all of them, else the candidates
+        that :meth:`_decide_full` would find above the child (filed under
+        ``/``, under each prefix of *parent* that ends before a ``/``,
+        and under *parent* itself), those that can match no child dropped
+        and those that a later one matching every child hides cut off.
+
+        One verdict holds when no rule is filed under a child's path (no
+        key's parent is *parent*: only then would a child's own table
+        entries join the candidates) and the last candidate left matches
+        every child, or none is left (the default).  A candidate matches
+        every child when it needs no matcher (a ``DIR/***`` filed above),
+        or when it is ``K/**`` with *parent* at or beneath ``K``, or
+        ``K/*`` with *parent* ``K``; ``K/*`` with another parent matches
+        no child (a child has a ``/`` after *parent*).  Any other glob may
+        match some children only, and is kept.
+
+        A directory ``G/name`` that no key has as parent, inside a ``G``
+        whose one verdict came from a tree, a ``K/**`` or the default
+        (:attr:`_subtree`), has that verdict for its children too: their
+        candidates are ``G``'s children's (``G/name`` itself is no key),
+        and each still matches every child, or none (``K/*`` with K above
+        ``G/name``).  A verdict from ``K/*`` does not go down."""
+        parents = self._parents
+        cut = parent.rfind("/")
+        if cut > 0 and parent not in parents:
+            inherited = self._subtree.get(parent[:cut])
+            if inherited is not None:
+                self._remember(parent, inherited, True)
+                return inherited
+        get = self._index.get
+        above: list[_Entry] = []
+        entries = get("/")
+        if entries:
+            above.extend(entries)
+        end = parent.find("/", 1)
+        while end >= 0:
+            entries = get(parent[:end])
+            if entries:
+                above.extend(entries)
+            end = parent.find("/", end + 1)
+        entries = get(parent)
+        if entries:
+            above.extend(entries)
+        above.sort(key=_first, reverse=True)
+        kept: list[_Entry] = []
+        every = False
+        shapes = self._shapes
+        for entry in above:
+            if entry[1] is None:
+                every = True
+            else:
+                shape = shapes.get(entry)
+                if shape is not None:
+                    kind, k = shape
+                    if kind == _BENEATH:
+                        every = not k or parent == k or parent.startswith(k + "/")
+                    elif parent != k:
+                        continue  # K/* matches no child of another directory
+                    else:
+                        every = True
+            kept.append(entry)
+            if every:
+                break
+        if parent in parents:
+            self._remember(parent, tuple(kept), False)
+            return tuple(kept)
+        if not kept:
+            self._remember(parent, self.default, True)
+            return self.default
+        if every and len(kept) == 1:
+            verdict = self._verdicts[kept[0][0]]
+            shape = shapes.get(kept[0])
+            self._remember(parent, verdict, shape is None or shape[0] == _BENEATH)
+            return verdict
+        self._remember(parent, tuple(kept), False)
+        return tuple(kept)
+
+    def _remember(self, parent: str, kids: Verdict | tuple[_Entry, ...], down: bool) -> None:
+        children = self._children
+        if len(children) >= CACHE_LIMIT:
+            children.clear()
+            self._subtree.clear()
+        children[parent] = kids
+        if down:
+            self._subtree[parent] = kids  # type: ignore[assignment]
+
+    def _decide_full(self, path: str) -> Verdict:
         get = self._index.get
         candidates: list[_Entry] = []
         entries = self._exact.get(path)
@@ -412,6 +572,28 @@ class _PathRules:
 
 def _first(entry: _Entry) -> int:
     return entry[0]
+
+
+#: Shapes of a glob whose matches among the children of one directory are
+#: all or none: ``K/**`` (anything beneath K) and ``K/*`` (K's children).
+_BENEATH, _CHILD = 0, 1
+
+
+@functools.lru_cache(maxsize=4096)
+def _shape(pattern: str) -> tuple[int, str] | None:
+    """``(_BENEATH, K)`` for ``K/**``, ``(_CHILD, K)`` for ``K/*`` (K
+    literal, maybe empty: ``/**``, ``/*``), else None."""
+    head, _, tail = pattern.rpartition("/")
+    if not patterns.is_literal(head) or tail not in ("*", "**"):
+        return None
+    if patterns.compile_pattern(pattern).pattern != pattern:
+        return None  # not canonical (rules are): K would not be what matches
+    return (_BENEATH if tail == "**" else _CHILD), head
+
+
+def _parents_of(*tables: dict[str, tuple[_Entry, ...]]) -> frozenset[str]:
+    """The parent (text before the last ``/``) of every key filed."""
+    return frozenset(key[: key.rfind("/")] for table in tables for key in table)
 
 
 @functools.lru_cache(maxsize=4096)

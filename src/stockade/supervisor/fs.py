@@ -430,15 +430,17 @@ def _q_inject(s: SandboxSession, w: Worker, n: notify.SeccompNotif, root: int, f
     if not directory and _fstat(fd).st_mode & _S_IFMT not in _QUICK_KINDS:
         _close(fd)  # the stat above was a hint: this is what we opened
         return False
-    return _q_hand_over(s, w, n, fd, flags)
+    # A directory is opened as asked: opening one never waits.
+    return _q_hand_over(s, w, n, fd, flags, not directory and not flags & O_NONBLOCK)
 
 
 def _q_hand_over(s: SandboxSession, w: Worker, n: notify.SeccompNotif, fd: int,
-                 flags: int) -> bool:  # fmt: skip
-    """Inject *fd*, our non-blocking descriptor on a regular file or a
-    directory (closed here), as the caller asked for it."""
+                 flags: int, blocking: bool) -> bool:  # fmt: skip
+    """Inject *fd*, our descriptor on a regular file or a directory (closed
+    here), as the caller asked for it: *blocking* when we opened it with
+    an ``O_NONBLOCK`` the caller did not ask for."""
     try:
-        if not flags & O_NONBLOCK:
+        if blocking:
             fcntl.fcntl(fd, _F_SETFL, 0)
         w.resp.addfd(s.listener, n.id, fd, bool(flags & O_CLOEXEC))
     finally:
@@ -482,7 +484,7 @@ def _q_follow(s: SandboxSession, w: Worker, n: notify.SeccompNotif, root: int, f
             return _q_failed(s, w, n, err)
     finally:
         _close(pfd)
-    return _q_hand_over(s, w, n, fd, flags)
+    return _q_hand_over(s, w, n, fd, flags, not flags & O_NONBLOCK)
 
 
 QUICK[NR_OPEN] = QUICK[NR_OPENAT] = q_open
