@@ -71,10 +71,11 @@ class _RawMode:
             termios.tcsetattr(0, termios.TCSADRAIN, self.saved)
 
 
-def interact(proc: Any, timeout: float | None) -> bool:
+def interact(proc: Any, timeout: float | None, wake_fd: int | None = None) -> bool:
     """Relay between the user and the command's terminal until the command
     exits (True) or *timeout* passes (False); then end the sandbox and copy
-    what it wrote last.  The user's terminal is as it was on return."""
+    what it wrote last.  The user's terminal is as it was on return.
+    *wake_fd*: see :func:`stockade.launch.terminal.relay`."""
     master = proc.pty.fileno()
     size_from = user_terminal()
 
@@ -103,7 +104,8 @@ def interact(proc: Any, timeout: float | None) -> bool:
         raw.enter()
         source: int | bytes = 0 if _open_at_start(0) else b""
         sink = 1 if _open_at_start(1) else None
-        exited = terminal.relay(master, proc.exit_fd, source=source, sink=sink, deadline=deadline)
+        exited = terminal.relay(master, proc.exit_fd, source=source, sink=sink, deadline=deadline,
+                                wake_fd=wake_fd)  # fmt: skip
         proc.kill_tree()
         terminal.drain(master, sink)
     finally:

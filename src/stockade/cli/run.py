@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import select
 import signal
 import sys
 import time
@@ -177,16 +178,51 @@ class _Forwarder:
 
 def _supervise(sandbox: Any, argv: list[str], policy: Any) -> int:
     forwarder = _Forwarder()
-    for sig in FORWARDED:
-        signal.signal(sig, forwarder)
+    # Python runs a handler only when the main thread next looks, between
+    # bytecodes or when a system call fails with EINTR.  A signal taken
+    # after the last look and before the wait's poll begins interrupts
+    # nothing: forwarding it would wait as long as the command runs, for
+    # ever when the signal was meant to end it.  The C-level handler writes
+    # to this pipe whenever it runs, and every wait below polls it.
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     try:
-        return _start_and_wait(sandbox, argv, policy, forwarder)
-    finally:
         for sig in FORWARDED:
-            signal.signal(sig, signal.SIG_DFL)
+            signal.signal(sig, forwarder)
+        try:
+            return _start_and_wait(sandbox, argv, policy, forwarder, wake_r)
+        finally:
+            for sig in FORWARDED:
+                signal.signal(sig, signal.SIG_DFL)
+    finally:
+        signal.set_wakeup_fd(old_wakeup)
+        os.close(wake_r)
+        os.close(wake_w)
 
 
-def _start_and_wait(sandbox: Any, argv: list[str], policy: Any, forwarder: _Forwarder) -> int:
+def _exited(proc: Any, timeout: float | None, wake_fd: int) -> bool:
+    """Wait until *proc* exits (True) or *timeout* passes (False), letting
+    every signal's handler run as it arrives (see :func:`_supervise`)."""
+    from stockade.launch.terminal import drain_wakeups
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    poller = select.poll()
+    poller.register(proc.exit_fd, select.POLLIN)
+    poller.register(wake_fd, select.POLLIN)
+    while True:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready = {fd for fd, _ in poller.poll(None if remaining is None else remaining * 1000)}
+        if proc.exit_fd in ready:
+            return True
+        if wake_fd in ready:
+            drain_wakeups(wake_fd)  # the handler has run (on the return from poll)
+        elif deadline is not None and time.monotonic() >= deadline:
+            return False
+
+
+def _start_and_wait(
+    sandbox: Any, argv: list[str], policy: Any, forwarder: _Forwarder, wake_fd: int
+) -> int:
     from stockade.errors import LaunchError
 
     kwargs: dict[str, Any] = {}
@@ -205,7 +241,10 @@ def _start_and_wait(sandbox: Any, argv: list[str], policy: Any, forwarder: _Forw
     except (LaunchError, StockadeError) as err:
         return fail(str(err))
     forwarder.attach(proc)
-    exited = pty.interact(proc, policy.timeout) if policy.pty else proc.exited(policy.timeout)
+    if policy.pty:
+        exited = pty.interact(proc, policy.timeout, wake_fd)
+    else:
+        exited = _exited(proc, policy.timeout, wake_fd)
     if not exited:
         proc.timed_out = True
     proc.kill_tree()

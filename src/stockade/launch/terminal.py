@@ -62,6 +62,7 @@ def relay(
     source: int | bytes,
     sink: Sink | None,
     deadline: float | None = None,
+    wake_fd: int | None = None,
 ) -> bool:
     """Copy *source* to the terminal's *master* and its output to *sink*
     until *exit_fd* becomes readable (the command exited: returns True) or
@@ -70,6 +71,12 @@ def relay(
     *source* is a descriptor read as data arrives (not read again once it
     reports end of input), or bytes typed all at once and followed by end
     of file.  Raises OSError for a failure of the master itself.
+
+    *wake_fd* is the read end of the host's ``signal.set_wakeup_fd`` pipe,
+    if it has one: a signal whose handler must act while we wait (the
+    command line forwards them to the command) may arrive after the
+    interpreter last looked for one and before the poll begins, and then
+    nothing but this descriptor ends the poll for the handler to run.
     """
     os.set_blocking(master, False)
     pending = bytearray()
@@ -86,6 +93,8 @@ def relay(
             eof_sent = True
         poller = select.poll()
         poller.register(exit_fd, select.POLLIN)
+        if wake_fd is not None:
+            poller.register(wake_fd, select.POLLIN)
         if master_open:
             poller.register(master, select.POLLIN | (select.POLLOUT if pending else 0))
         if source_fd is not None and not pending:
@@ -97,6 +106,9 @@ def relay(
                 return False
             continue
         readable = {fd for fd, ev in events.items() if ev & ~select.POLLOUT}
+        if wake_fd is not None and wake_fd in readable:
+            # The handler has run by now (on the return from poll).
+            drain_wakeups(wake_fd)
         writable = events.get(master, 0) & select.POLLOUT
         if master in readable:
             try:
@@ -136,6 +148,16 @@ def relay(
                 # From a terminal, end of input is a hang-up: the user's ^D
                 # already came through as a byte.
                 eof_sent = eof_from_tty
+
+
+def drain_wakeups(wake_fd: int) -> None:
+    """Empty a (non-blocking) ``signal.set_wakeup_fd`` pipe."""
+    while True:
+        try:
+            if not os.read(wake_fd, 512):
+                return
+        except BlockingIOError:
+            return
 
 
 def drain(master: int, sink: Sink | None, timeout: float = DRAIN_TIMEOUT) -> None:
