@@ -68,14 +68,28 @@ _syscall = _ffi._syscall
 _c_long = ctypes.c_long
 
 
+#: Scoped lookups retried after EAGAIN before it is given back.
+SCOPED_RETRIES = 16
+
+
 def openat2(dirfd: int, path: bytes, how: OpenHow) -> int:
-    """``openat2(2)``; raises OSError (EINTR retried)."""
+    """``openat2(2)``; raises OSError (EINTR retried, and EAGAIN a few
+    times for a scoped lookup)."""
     ref = ctypes.byref(how)
+    # A RESOLVE_IN_ROOT or RESOLVE_BENEATH lookup that walks ".." fails
+    # with EAGAIN when a rename or mount ran meanwhile (the kernel cannot
+    # tell the walk stayed inside); openat(2), which the sandbox called,
+    # never fails that way, so the lookup is tried again.  (An O_NONBLOCK
+    # open of a leased file also gives EAGAIN: that one stays EAGAIN.)
+    retries = SCOPED_RETRIES if how.resolve & (RESOLVE_IN_ROOT | RESOLVE_BENEATH) else 0
     while True:
         ret: int = _syscall(_c_long(SYS_openat2), _c_long(dirfd), path, ref, _c_long(_HOW_SIZE))
         if ret >= 0:
             return ret
         err = ctypes.get_errno()
+        if err == errno.EAGAIN and retries > 0:
+            retries -= 1
+            continue
         if err != errno.EINTR:
             raise OSError(err, os.strerror(err))
 
