@@ -21,13 +21,12 @@ import errno
 import json
 import os
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import run_probe
+from conftest import CountingListener, run_probe
 
 SECONDS = 3.0
 
@@ -108,42 +107,15 @@ attempt("counts", lambda: json.dumps(counts))
 """
 
 
-class _Listener:
-    """Accepts and counts connections on *sock* until closed."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.accepted = 0
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            conn.close()
-
-    def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        self._thread.join(5)
-
-
 @pytest.fixture
-def denied(workdir: Path) -> Iterator[tuple[_Listener, str]]:
+def denied(workdir: Path) -> Iterator[tuple[CountingListener, str]]:
     denied_dir = workdir / "denied"
     denied_dir.mkdir()
     path = str(denied_dir / "s")
     unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     unix.bind(path)
     unix.listen(4096)
-    listener = _Listener(unix)
+    listener = CountingListener(unix)
     try:
         yield listener, path
     finally:
@@ -152,7 +124,7 @@ def denied(workdir: Path) -> Iterator[tuple[_Listener, str]]:
 
 @pytest.mark.parametrize("writer", ["thread", "shared"])
 def test_turning_an_abstract_address_into_a_path_never_reaches_a_denied_socket(
-    workdir: Path, denied: tuple[_Listener, str], writer: str
+    workdir: Path, denied: tuple[CountingListener, str], writer: str
 ) -> None:
     listener, path = denied
     writable = workdir / "ok"

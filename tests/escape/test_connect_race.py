@@ -29,13 +29,12 @@ import errno
 import json
 import os
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import run_probe
+from conftest import CountingListener, run_probe
 
 SECONDS = 3.0
 
@@ -80,36 +79,8 @@ attempt("counts", lambda: json.dumps(counts))
 """
 
 
-class _Listener:
-    """Accepts and counts connections on *sock* until closed."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.accepted = 0
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            conn.close()
-
-    def close(self) -> None:
-        # shutdown wakes the accept; close alone does not.
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        self._thread.join(5)
-
-
 @pytest.fixture
-def listeners(workdir: Path) -> Iterator[tuple[_Listener, _Listener, str]]:
+def listeners(workdir: Path) -> Iterator[tuple[CountingListener, CountingListener, str]]:
     denied_dir = workdir / "denied"
     denied_dir.mkdir()
     path = str(denied_dir / "s")
@@ -119,7 +90,7 @@ def listeners(workdir: Path) -> Iterator[tuple[_Listener, _Listener, str]]:
     tcp = socket.socket()
     tcp.bind(("127.0.0.1", 0))
     tcp.listen(128)
-    pair = (_Listener(unix), _Listener(tcp), path)
+    pair = (CountingListener(unix), CountingListener(tcp), path)
     try:
         yield pair
     finally:
@@ -129,7 +100,7 @@ def listeners(workdir: Path) -> Iterator[tuple[_Listener, _Listener, str]]:
 
 @pytest.mark.parametrize("net", ["any-address", "one-address"])
 def test_racing_the_buffer_and_the_descriptor_never_reaches_a_denied_unix_socket(
-    workdir: Path, listeners: tuple[_Listener, _Listener, str], net: str
+    workdir: Path, listeners: tuple[CountingListener, CountingListener, str], net: str
 ) -> None:
     denied, allowed, path = listeners
     port = allowed.sock.getsockname()[1]
@@ -193,7 +164,7 @@ attempt("counts", lambda: json.dumps(counts))
 
 
 def test_a_single_threaded_caller_racing_shared_memory_never_reaches_a_denied_unix_socket(
-    workdir: Path, listeners: tuple[_Listener, _Listener, str]
+    workdir: Path, listeners: tuple[CountingListener, CountingListener, str]
 ) -> None:
     denied, allowed, path = listeners
     port = allowed.sock.getsockname()[1]

@@ -438,6 +438,11 @@ class _PathRules:
         entries = self._index.get(path)
         if entries:
             candidates.extend(entries)
+        return self._settle(path, candidates)
+
+    def _settle(self, path: str, candidates: list[_Entry]) -> Verdict:
+        """The verdict of the last rule among *candidates* that matches
+        *path* (the default if none does), cached for *path*."""
         verdict = self.default
         if candidates:
             candidates.sort(key=_first, reverse=True)
@@ -557,17 +562,7 @@ class _PathRules:
             if entries:
                 candidates.extend(entries)
             start = end + 1
-        verdict = self.default
-        if candidates:
-            candidates.sort(key=_first, reverse=True)
-            for i, match in candidates:
-                if match is None or match(path):
-                    verdict = self._verdicts[i]
-                    break
-        if len(self.cache) >= CACHE_LIMIT:
-            self.cache.clear()
-        self.cache[path] = verdict
-        return verdict
+        return self._settle(path, candidates)
 
 
 def _first(entry: _Entry) -> int:
