@@ -147,12 +147,9 @@ class Supervisor:
 
     def __init__(self) -> None:
         self._ep = select.epoll()
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._ep.register(self._wake_r, select.EPOLLIN)
         # fd -> (kind, session, socket or None); entries are added by adopt()
         # (any thread) and changed or removed by the receiver only.
         self._watched: dict[int, tuple[str, Session, _socket.socket | None]] = {}
-        self._new: list[tuple[_socket.socket, Session]] = []
         #: Held by the thread that is the receiver.
         self._receiver = threading.Lock()
         self._lock = threading.Lock()
@@ -175,10 +172,10 @@ class Supervisor:
         """Take over the listener that a child will send on *handoff* (our
         end of the hand-off socket pair, SO_PASSCRED set), then supervise
         it in *session*.  Returns at once; the receiver does the rest."""
-        # Watched from here, not handed to the receiver through the wake
-        # pipe: waking it would cost a thread switch (and the GIL) while
-        # the launch is on its way; epoll_ctl is safe from any thread, and
-        # the entry is in place before the descriptor can poll readable.
+        # Watched from here, not handed to the receiver: waking it would
+        # cost a thread switch (and the GIL) while the launch is on its way;
+        # epoll_ctl is safe from any thread, and the entry is in place
+        # before the descriptor can poll readable.
         fd = handoff.fileno()
         self._watched[fd] = ("handoff", session, handoff)
         self._ep.register(fd, select.EPOLLIN)
@@ -265,9 +262,6 @@ class Supervisor:
             except InterruptedError:
                 continue
             for fd, mask in events:
-                if fd == self._wake_r:
-                    self._take_new()
-                    continue
                 entry = self._watched.get(fd)
                 if entry is None:
                     continue
@@ -308,17 +302,6 @@ class Supervisor:
         except (OSError, ValueError):
             pass  # already gone
         session._hangup()
-
-    def _take_new(self) -> None:
-        try:
-            os.read(self._wake_r, 4096)
-        except BlockingIOError:
-            pass
-        with self._lock:
-            new, self._new = self._new, []
-        for sock, session in new:
-            self._watched[sock.fileno()] = ("handoff", session, sock)
-            self._ep.register(sock.fileno(), select.EPOLLIN)
 
     def _handoff(self, sock: _socket.socket, session: Session) -> None:
         """Read the child's record, take its listener with pidfd_getfd, and
