@@ -198,8 +198,6 @@ class Supervisor:
         threading.Thread(target=self._work, name="stockade-supervisor", daemon=True).start()
 
     def _work(self) -> None:
-        # Before the signal mask below, which its process would inherit.
-        self._poller.start()
         # A signal sent to the process may be taken by any thread that does
         # not block it, and Python runs the handler only once the main
         # thread next wakes: one taken here could wait forever.

@@ -19,6 +19,9 @@ spins only until a deadline that the receiver pushes forward on every
 notification (:meth:`IdlePoller.touch`), and sleeps on a pipe otherwise:
 a sandbox that makes no trapped call costs nothing, one that makes a
 burst of them costs at most :data:`WINDOW_NS` of spinning after the last.
+It is started only once this process has seen :data:`START_AFTER`
+notifications: a short run (one ``stockade run`` of a small command)
+does not pay for starting an interpreter it would not use.
 
 Off with ``STOCKADE_IDLE_POLL=0``, and never started on a single CPU.
 """
@@ -35,6 +38,8 @@ import time
 
 #: How long the poller spins after the last notification.
 WINDOW_NS = 2_000_000
+#: Notifications this process receives before the poller is started.
+START_AFTER = 256
 #: The deadline is written at most this often (a store per notification
 #: would be cheap, but a shared cache line written that often is not).
 _REFRESH_NS = WINDOW_NS // 4
@@ -48,7 +53,9 @@ _ASLEEP = 8
 # once our end closes (at our exit, however it comes), which it sees at
 # the latest one window after the last notification.
 _CHILD = r"""
-import mmap, os, struct, time
+import mmap, os, signal, struct, time
+# Started from a supervisor thread, which blocks every signal.
+signal.pthread_sigmask(signal.SIG_SETMASK, ())
 os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 shm, wake = int(os.environ["SHM"]), int(os.environ["WAKE"])
 m = mmap.mmap(shm, mmap.PAGESIZE)
@@ -78,6 +85,7 @@ class IdlePoller:
         self._next = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
+        self._seen = 0
 
     @staticmethod
     def wanted() -> bool:
@@ -126,6 +134,10 @@ class IdlePoller:
         by the receiver only; costs a clock read when nothing is due."""
         shared = self._map
         if shared is None:
+            self._seen += 1
+            if self._seen == START_AFTER:
+                # Not here: the receiver must not wait for a process start.
+                threading.Thread(target=self.start, name="stockade-idlepoll", daemon=True).start()
             return
         now = time.monotonic_ns()
         if now < self._next:
