@@ -149,3 +149,7 @@ class IdlePoller:
                 os.write(self._write, b"w")
             except BlockingIOError:
                 pass  # bytes are waiting for it already: it will wake
+            except OSError:
+                # It is gone (killed: EPIPE).  Never the receiver's problem:
+                # without it the supervisor is only slower on some VMs.
+                self._map = None
