@@ -153,3 +153,5 @@ class IdlePoller:
                 # It is gone (killed: EPIPE).  Never the receiver's problem:
                 # without it the supervisor is only slower on some VMs.
                 self._map = None
+                os.close(self._write)
+                self._write = -1
