@@ -137,3 +137,10 @@ class IdlePoller:
                 os.write(self._write, b"w")
             except BlockingIOError:
                 pass  # bytes are waiting for it already: it will wake
+            except OSError:
+                # It died (EPIPE: killed, say).  Go on without it: an error
+                # here would reach the receiver, which would give up the
+                # listener that this notification came from.
+                self._map = None
+                os.close(self._write)
+                self._write = -1
