@@ -150,8 +150,9 @@ class IdlePoller:
             except BlockingIOError:
                 pass  # bytes are waiting for it already: it will wake
             except OSError:
-                # It is gone (killed: EPIPE).  Never the receiver's problem:
-                # without it the supervisor is only slower on some VMs.
+                # It died (EPIPE: killed, say).  Go on without it: an error
+                # here would reach the receiver, which would give up the
+                # listener that this notification came from.
                 self._map = None
                 os.close(self._write)
                 self._write = -1
