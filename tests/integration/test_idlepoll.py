@@ -21,7 +21,7 @@ import pytest
 import stockade
 from conftest import PROBE_PY, SYSTEM, probe_code, run_probe, verdicts
 from stockade.supervisor import engine
-from stockade.supervisor.idlepoll import IdlePoller
+from stockade.supervisor.idlepoll import START_AFTER, IdlePoller
 
 #: Generous: the poller runs at the lowest priority, and other processes
 #: may keep both CPUs busy.
@@ -62,7 +62,11 @@ def _cpu_ns(pid: int) -> int:
 
 
 def _poller_pid() -> int:
-    pid = engine.get()._poller.pid
+    """The poller's pid, waiting for its start (it is started from a
+    thread of its own once :data:`START_AFTER` calls were seen)."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while (pid := engine.get()._poller.pid) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert pid is not None
     return pid
 
@@ -86,10 +90,15 @@ def _wait_asleep(pid: int) -> int:
 
 
 def _read_probe(workdir: Path) -> None:
+    """A sandbox whose reads of *workdir* are routed reads a file there,
+    enough times for this process's poller to be started."""
     (workdir / "f").write_text("content\n")
-    _, v = run_probe(
-        f'attempt("read", lambda: open({str(workdir / "f")!r}).read())', rules=_glob(workdir)
-    )
+    body = f"""
+for _ in range({START_AFTER}):
+    os.close(os.open({str(workdir / "f")!r}, os.O_RDONLY))
+attempt("read", lambda: open({str(workdir / "f")!r}).read())
+"""
+    _, v = run_probe(body, rules=_glob(workdir))
     assert v["read"] == {"name": "read", "errno": 0, "value": "content\n"}
 
 
@@ -205,11 +214,19 @@ HOST = """
 import json, os, sys
 import stockade
 from stockade.supervisor import engine
-d, system, then = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+d, system, then, burst = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 sb = stockade.Sandbox(read=system, rules=[f"allow/read+{d}/*"])
-code = f"import sys; sys.stdout.write(open({d!r} + '/f').read())"
+code = (f"import os, sys\\nfor _ in range({burst}): os.close(os.open({d!r} + '/f', os.O_RDONLY))\\n"
+        f"sys.stdout.write(open({d!r} + '/f').read())")
 res = sb.run(["/usr/bin/python3", "-c", code], capture=True, timeout=60)
-pid = engine.get()._poller.pid
+pid = None
+if burst and os.environ.get("STOCKADE_IDLE_POLL") != "0":
+    import time
+    deadline = time.monotonic() + 20
+    while (pid := engine.get()._poller.pid) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+else:
+    pid = engine.get()._poller.pid
 ident = None
 if pid is not None:
     with open(f"/proc/{pid}/stat") as f:
@@ -237,14 +254,14 @@ elif then == "kill-poller":
 """
 
 
-def _host(workdir: Path, then: str, **env: str) -> subprocess.Popen[str]:
+def _host(workdir: Path, then: str, burst: int = START_AFTER, **env: str) -> subprocess.Popen[str]:
     (workdir / "f").write_text("content\n")
     # The package as this test imported it (a source tree or an install).
     src = str(Path(stockade.__file__).resolve().parent.parent)
     environ = {k: v for k, v in os.environ.items() if k != "STOCKADE_IDLE_POLL"}
     environ.update(PYTHONPATH=src, **env)
     return subprocess.Popen(
-        [sys.executable, "-c", HOST, str(workdir), json.dumps(SYSTEM), then],
+        [sys.executable, "-c", HOST, str(workdir), json.dumps(SYSTEM), then, str(burst)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -305,6 +322,18 @@ def test_poller_exits_when_its_host_is_killed(workdir: Path) -> None:
         host.kill()
         host.wait()
     _wait_gone(pid, start)
+
+
+def test_no_poller_for_a_short_run(workdir: Path) -> None:
+    """A run with few trapped calls does not pay for starting a poller."""
+    host = _host(workdir, "exit", burst=0)
+    try:
+        report = _report(host)
+        assert host.wait(timeout=60) == 0
+    finally:
+        host.kill()
+        host.wait()
+    assert report["pid"] is None
 
 
 def test_no_poller_when_turned_off(workdir: Path) -> None:
