@@ -20,6 +20,11 @@ Rows:
    capabilities, are skipped alike in every variant).
 3. ``python3 -c 'import <50 stdlib modules>'``.
 
+Then the floors (the same C loop answered other ways), and ``find /usr``
+under a minimal C supervisor (``c_supervisor.c``: the kernel-facing steps
+of the broker, with no policy and no Python), to show how much of the
+cost is the machine's (``--no-c-reference`` skips it).
+
 Variants alternate within each rep, in an order that rotates; medians of
 the reps, ratios to native.  Usage: python bench/supervisor.py [--reps N]
 """
@@ -251,9 +256,69 @@ def floors(tool: str, sandbox: stockade.Sandbox | None, reps: int, native: float
         print(f"  {name:50} {(statistics.median(values) - native) / 1000:10.1f}")
 
 
+SPINNER = """
+import os
+os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+while True:
+    pass
+"""
+
+
+def c_reference(work: Path, reps: int) -> None:
+    """``find /usr`` under a minimal C supervisor (c_supervisor.c): the
+    floor of the mechanism on this machine, with no policy and no
+    Python.  Its broker with and without an idle-priority busy loop
+    beside it (what stockade's idle poller does), and its CONTINUE."""
+    binary = work / "c_supervisor"
+    source = Path(__file__).with_name("c_supervisor.c")
+    subprocess.run(["cc", "-O2", "-o", str(binary), str(source)], check=True)
+    find = ["/usr/bin/find", "/usr"]
+
+    def native() -> float:
+        start = time.perf_counter()
+        subprocess.run(find, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        return 1000 * (time.perf_counter() - start)
+
+    def under(mode: str, spin: bool) -> float:
+        spinner = subprocess.Popen([sys.executable, "-c", SPINNER]) if spin else None
+        try:
+            proc = subprocess.run(
+                [str(binary), mode, *find], stdout=subprocess.DEVNULL, capture_output=False,
+                stderr=subprocess.PIPE, check=False,
+            )  # fmt: skip
+            return float(proc.stderr.decode().split()[-1])
+        finally:
+            if spinner is not None:
+                spinner.kill()
+                spinner.wait()
+
+    variants: dict[str, Callable[[], float]] = {
+        "native": native,
+        "C broker (ADDFD)": lambda: under("broker", False),
+        "C broker, idle-priority busy loop beside": lambda: under("broker", True),
+        "C continue": lambda: under("continue", False),
+    }
+    got: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    for rep in range(reps + 1):
+        for k in range(len(names)):
+            name = names[(rep + k) % len(names)]
+            value = variants[name]()
+            if rep:
+                got[name].append(value)
+    base = statistics.median(got["native"])
+    print("find /usr under a minimal C supervisor (no policy; ms, ratio to native):")
+    for name, values in got.items():
+        med = statistics.median(values)
+        print(f"  {name:50} {med:10.1f} {med / base:7.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument(
+        "--no-c-reference", action="store_true", help="skip find under the minimal C supervisor"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="stockade-bench-", dir="/tmp"))
     try:
@@ -298,6 +363,8 @@ def main() -> None:
             args.reps,
             statistics.median(samples[(next(iter(rows(tool))), "native")]),
         )
+        if not args.no_c_reference:
+            c_reference(work, args.reps)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -26,12 +26,15 @@ Some facts about the notification fd:
 - ``SECCOMP_IOCTL_NOTIF_SET_FLAGS`` with
   ``SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`` (6.6) asks the kernel to wake the
   supervisor and the caller as a pair on the same CPU.  It covers the
-  wake-up of the supervisor (through epoll too) and SEND's wake-up of the
-  caller, not ADDFD's: ADDFD wakes the caller with a plain wake-up to
-  install the descriptor (on another CPU when ours is busy: ours), and
+  wake-up of a supervisor that waits on the listener itself (RECV, or
+  ``poll``; not through ``epoll``, whose own wake-up of its waiter is a
+  plain one) and SEND's wake-up of the caller, not ADDFD's: ADDFD wakes
+  the caller with a plain wake-up to install the descriptor (on another
+  CPU when ours is busy: ours), and
   the caller wakes the supervisor back the same way.  Where waking an
   idle CPU is slow (a virtual machine), an ADDFD answer costs those two
-  wake-ups, and a SEND answer none.
+  wake-ups, and a SEND answer none (the supervisor's idle poller,
+  :mod:`stockade.supervisor.idlepoll`, keeps one CPU from halting).
 - The listener polls readable while a notification waits, and reports
   POLLHUP once no task uses the filter any more.
 
