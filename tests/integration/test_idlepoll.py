@@ -198,6 +198,24 @@ attempt("fds", lambda: fds)
     assert inherited == []
 
 
+def test_a_poller_that_cannot_start_stays_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interpreter that cannot be run: no poller, no descriptor left
+    behind, and touching it afterwards never fails (the receiver calls it
+    on every notification)."""
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
+    monkeypatch.delenv("STOCKADE_IDLE_POLL", raising=False)
+    poller = IdlePoller()
+    if not poller.wanted():
+        pytest.skip("no idle poller here (one CPU)")
+    before = sorted(os.listdir("/proc/self/fd"))
+    poller.start()
+    assert poller.pid is None
+    assert sorted(os.listdir("/proc/self/fd")) == before
+    for _ in range(2 * START_AFTER):
+        poller.touch()
+    assert poller.pid is None
+
+
 def test_touch_before_start_does_nothing() -> None:
     poller = IdlePoller()
     poller.touch()

@@ -85,6 +85,7 @@ class IdlePoller:
         self._next = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
+        self._tried = False
         self._seen = 0
 
     @staticmethod
@@ -95,34 +96,43 @@ class IdlePoller:
         return len(os.sched_getaffinity(0)) > 1
 
     def start(self) -> None:
-        """Start the poller (once; a failure leaves it off: it is an
+        """Start the poller (one attempt; a failure leaves it off: it is an
         optimisation, never needed for correctness)."""
         with self._lock:
-            if self._proc is not None or not self.wanted():
+            if self._tried or not self.wanted():
                 return
-            shm = os.memfd_create("stockade-idlepoll", os.MFD_CLOEXEC)
+            self._tried = True
+            try:
+                self._spawn()
+            except (OSError, ValueError, subprocess.SubprocessError):
+                pass  # no poller: the supervisor is only slower on some VMs
+
+    def _spawn(self) -> None:
+        shm = os.memfd_create("stockade-idlepoll", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(shm, mmap.PAGESIZE)
+            shared = mmap.mmap(shm, mmap.PAGESIZE)
             read, write = os.pipe2(os.O_CLOEXEC)
             try:
-                os.ftruncate(shm, mmap.PAGESIZE)
-                shared = mmap.mmap(shm, mmap.PAGESIZE)
-                env = {"SHM": str(shm), "WAKE": str(read)}
                 proc = subprocess.Popen(
                     [sys.executable, "-I", "-S", "-c", _CHILD],
-                    env=env,
+                    env={"SHM": str(shm), "WAKE": str(read)},
                     pass_fds=(shm, read),
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                     start_new_session=True,
                 )
-            except OSError:
+            except BaseException:
                 os.close(write)
-                return
+                shared.close()
+                raise
             finally:
-                os.close(shm)
                 os.close(read)
-            os.set_blocking(write, False)
-            self._map, self._write, self._proc = shared, write, proc
+        finally:
+            os.close(shm)
+        os.set_blocking(write, False)
+        self._map, self._write, self._proc = shared, write, proc
 
     @property
     def pid(self) -> int | None:
@@ -137,7 +147,12 @@ class IdlePoller:
             self._seen += 1
             if self._seen == START_AFTER:
                 # Not here: the receiver must not wait for a process start.
-                threading.Thread(target=self.start, name="stockade-idlepoll", daemon=True).start()
+                try:
+                    threading.Thread(
+                        target=self.start, name="stockade-idlepoll", daemon=True
+                    ).start()
+                except RuntimeError:
+                    pass  # no thread to spare: no poller, and the receiver goes on
             return
         now = time.monotonic_ns()
         if now < self._next:
