@@ -5,7 +5,7 @@ the caller with a plain wake-up (not on our CPU, which is busy: on the
 other, idle one) and is woken back the same way.  On a VM whose idle
 vCPUs halt at once (no guest halt polling), each of those wake-ups costs a
 VM exit and a host reschedule: a C supervisor answering ``find /usr``'s
-opens that way took 6.5x native there, 1.9x with one idle-priority busy
+opens that way took 6.5-8x native there, 1.9x with one idle-priority busy
 loop running beside it (bench/README.md).  The kernel's cure is halt
 polling in the guest, which only the VM's owner can turn on; this is the
 same cure in user space, the way gVisor's systrap platform spins before
