@@ -315,6 +315,17 @@ def _report(host: subprocess.Popen[str]) -> dict[str, object]:
     return report
 
 
+def _exited(host: subprocess.Popen[str]) -> dict[str, object]:
+    """The report of a host told to exit after it, which it did (status 0)."""
+    try:
+        report = _report(host)
+        assert host.wait(timeout=60) == 0
+    finally:
+        host.kill()
+        host.wait()
+    return report
+
+
 def _wait_gone(pid: int, start: str) -> None:
     """Wait for the process *pid* that started at *start* to exit (gone,
     a zombie, or its pid reused)."""
@@ -329,13 +340,7 @@ def _wait_gone(pid: int, start: str) -> None:
 
 @needs_poller
 def test_poller_exits_with_its_host(workdir: Path) -> None:
-    host = _host(workdir, "exit")
-    try:
-        report = _report(host)
-        assert host.wait(timeout=60) == 0
-    finally:
-        host.kill()
-        host.wait()
+    report = _exited(_host(workdir, "exit"))
     pid, start = report["pid"], report["start"]
     assert isinstance(pid, int) and isinstance(start, str)
     _wait_gone(pid, start)
@@ -361,24 +366,12 @@ def test_poller_exits_when_its_host_is_killed(workdir: Path) -> None:
 
 def test_no_poller_for_a_short_run(workdir: Path) -> None:
     """A run with few trapped calls does not pay for starting a poller."""
-    host = _host(workdir, "exit", burst=0)
-    try:
-        report = _report(host)
-        assert host.wait(timeout=60) == 0
-    finally:
-        host.kill()
-        host.wait()
+    report = _exited(_host(workdir, "exit", burst=0))
     assert report["pid"] is None
 
 
 def test_no_poller_when_turned_off(workdir: Path) -> None:
-    host = _host(workdir, "exit", STOCKADE_IDLE_POLL="0")
-    try:
-        report = _report(host)
-        assert host.wait(timeout=60) == 0
-    finally:
-        host.kill()
-        host.wait()
+    report = _exited(_host(workdir, "exit", STOCKADE_IDLE_POLL="0"))
     assert report["pid"] is None
 
 

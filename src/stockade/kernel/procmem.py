@@ -155,6 +155,35 @@ def pidfd_getfd(pidfd: int, targetfd: int) -> int:
     return _ffi.syscall(_ffi.SYS_pidfd_getfd, pidfd, targetfd, 0)
 
 
+# -- small /proc files ---------------------------------------------------------------
+
+
+def read_proc(path: str) -> bytes:
+    """A small /proc file at once (os calls: a file object costs more)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 8192)
+    finally:
+        os.close(fd)
+
+
+def status(pid: int, *keys: bytes) -> list[bytes | None]:
+    """The values of *keys* (``b"Tgid"``, ...) in /proc/PID/status, as
+    written there (None for a key it does not have); raises OSError
+    (ENOENT, ESRCH: no such process)."""
+    data = b"\n" + read_proc(f"/proc/{pid}/status")
+    out: list[bytes | None] = []
+    for key in keys:
+        at = data.find(b"\n" + key + b":")
+        if at < 0:
+            out.append(None)
+            continue
+        start = at + len(key) + 2
+        end = data.find(b"\n", start)
+        out.append(data[start : end if end >= 0 else len(data)].strip())
+    return out
+
+
 # -- what backs another process's memory -------------------------------------------
 
 #: ioctl(2) on a /proc/PID/maps descriptor (6.11): the mapping at an address.

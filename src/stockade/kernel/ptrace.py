@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import time
 
-from stockade.kernel import _ffi
+from stockade.kernel import _ffi, procmem
 
 SYS_ptrace = 101
 SYS_kcmp = 312
@@ -122,17 +122,11 @@ def _poll(tid: int, tgid: int) -> tuple[int, int] | None:
 def _parent_reaps(pid: int) -> bool:
     """Whether ended tracee *pid* is a process whose real parent is this
     process (its wait reaps it, the ptrace link notwithstanding)."""
-    tgid = ppid = -1
     try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Tgid:"):
-                    tgid = int(line.split()[1])
-                elif line.startswith(b"PPid:"):
-                    ppid = int(line.split()[1])
+        tgid, ppid = procmem.status(pid, b"Tgid", b"PPid")
     except OSError:
         return False
-    return tgid == pid and ppid == os.getpid()
+    return tgid == b"%d" % pid and ppid == b"%d" % os.getpid()
 
 
 def same_vm(pid1: int, pid2: int) -> bool:

@@ -15,7 +15,7 @@ import os
 import select
 import subprocess
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from stockade.errors import LaunchError, PolicyError, UnsupportedError
@@ -74,18 +74,14 @@ class RulesetCache:
                 self._drop_opened()
                 self._opened = _open_grants(list(self.plan.landlock.grants), -1)
                 self._identity, self._have_opened = identity, True
-            lp = self.plan.landlock
-            fd = landlock.create_ruleset(lp.handled_fs, lp.handled_net, lp.scoped, lp.abi)
-            try:
-                for pfd, rights, path in self._opened:
+            opened = self._opened
+
+            def add_paths(fd: int) -> None:
+                for pfd, rights, path in opened:
                     landlock.add_path_rule(fd, rights, pfd, path)
                 _add_tmp_grant(fd, self.plan, tmpdir)
-                for port, net_rights in lp.ports:
-                    landlock.add_port_rule(fd, net_rights, port)
-            except BaseException:
-                os.close(fd)
-                raise
-            return fd
+
+            return _new_ruleset(self.plan, add_paths)
 
     def close(self) -> None:
         """Release the cached ruleset."""
@@ -96,15 +92,13 @@ class RulesetCache:
             self._drop_opened()
 
     def _drop_opened(self) -> None:
-        for pfd, _rights, _path in self._opened:
-            os.close(pfd)
+        _close_opened(self._opened)
         self._opened, self._have_opened = [], False
 
     def __del__(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
-        for pfd, _rights, _path in self._opened:
-            os.close(pfd)
+        _close_opened(self._opened)
 
 
 def _identities(plan: EnforcementPlan) -> list[tuple[int, int] | None]:
@@ -198,13 +192,13 @@ def build_ruleset(plan: EnforcementPlan, tmpdir: str | None, terminal: str | Non
     ``/dev/pts`` tree is narrowed to it.
     """
     lp = plan.landlock
-    fd = landlock.create_ruleset(lp.handled_fs, lp.handled_net, lp.scoped, lp.abi)
-    try:
-        grants = list(lp.grants)
-        if terminal is not None:
-            grants = [_own_terminal_only(g, terminal) for g in grants]
-        if tmpdir is not None and lp.handled_fs:
-            grants.append(_tmp_grant(plan, tmpdir))
+    grants = list(lp.grants)
+    if terminal is not None:
+        grants = [_own_terminal_only(g, terminal) for g in grants]
+    if tmpdir is not None and lp.handled_fs:
+        grants.append(_tmp_grant(plan, tmpdir))
+
+    def add_paths(fd: int) -> None:
         root_fd = -1
         if any(g.in_root for g in grants):
             # root = DIR: the sandbox's paths are DIR's.
@@ -222,6 +216,17 @@ def build_ruleset(plan: EnforcementPlan, tmpdir: str | None, terminal: str | Non
         finally:
             if root_fd >= 0:
                 os.close(root_fd)
+
+    return _new_ruleset(plan, add_paths)
+
+
+def _new_ruleset(plan: EnforcementPlan, add_paths: Callable[[int], None]) -> int:
+    """A ruleset of *plan*'s handled rights, with the path rules
+    *add_paths* adds and the plan's port rules (the caller closes it)."""
+    lp = plan.landlock
+    fd = landlock.create_ruleset(lp.handled_fs, lp.handled_net, lp.scoped, lp.abi)
+    try:
+        add_paths(fd)
         for port, net_rights in lp.ports:
             landlock.add_port_rule(fd, net_rights, port)
     except BaseException:
@@ -250,8 +255,12 @@ def _add_grants(fd: int, grants: list[PathGrant], root_fd: int) -> None:
         for pfd, rights, path in opened:
             landlock.add_path_rule(fd, rights, pfd, path)
     finally:
-        for pfd, _rights, _path in opened:
-            os.close(pfd)
+        _close_opened(opened)
+
+
+def _close_opened(opened: list[tuple[int, landlock.AccessFs, str]]) -> None:
+    for pfd, _rights, _path in opened:
+        os.close(pfd)
 
 
 def _open_grants(grants: list[PathGrant], root_fd: int) -> list[tuple[int, landlock.AccessFs, str]]:
@@ -294,8 +303,7 @@ def _open_grants(grants: list[PathGrant], root_fd: int) -> list[tuple[int, landl
             else:
                 os.close(pfd)
     except BaseException:
-        for pfd, _rights, _path in out:
-            os.close(pfd)
+        _close_opened(out)
         raise
     return out
 

@@ -619,11 +619,8 @@ def _open_create(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: C
 
 
 def _umask(pid: int) -> int:
-    with open(f"/proc/{pid}/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"Umask:"):
-                return int(line.split()[1], 8)
-    return 0o022
+    (umask,) = procmem.status(pid, b"Umask")
+    return 0o022 if umask is None else int(umask, 8)
 
 
 # -- stat, access, readlink ----------------------------------------------------
@@ -857,15 +854,10 @@ def _exec_verified(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller:
 
 def _tgid(tid: int) -> int:
     """The process (thread group) of thread *tid*, in our pid namespace."""
-    fd = os.open(f"/proc/{tid}/status", os.O_RDONLY | O_CLOEXEC)
-    try:
-        data = os.read(fd, 4096)
-    finally:
-        os.close(fd)
-    at = data.find(b"\nTgid:")
-    if at < 0:
+    (tgid,) = procmem.status(tid, b"Tgid")
+    if tgid is None:
         raise OSError(errno.ESRCH, os.strerror(errno.ESRCH))
-    return int(data[at + 6 : data.index(b"\n", at + 1)])
+    return int(tgid)
 
 
 def _follow_exec(s: SandboxSession, w: Worker, n: notify.SeccompNotif, caller: Caller, tid: int,

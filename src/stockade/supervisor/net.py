@@ -337,19 +337,10 @@ def _aio_in_use(tid: int) -> bool:
     """Whether *tid*'s process may have an AIO context: none exists on the
     whole system, or it has no ring mapped (see the caveat in the guide:
     a ring can be unmapped while its context lives)."""
-    if int(_read("/proc/sys/fs/aio-nr")) == 0:
+    if int(procmem.read_proc("/proc/sys/fs/aio-nr")) == 0:
         return False
     with open(f"/proc/{tid}/maps", "rb") as f:
         return b"[aio]" in f.read()
-
-
-def _read(path: str) -> bytes:
-    """A small /proc file at once (os calls: a file object costs more)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.read(fd, 4096)
-    finally:
-        os.close(fd)
 
 
 def _vfork_parent(tid: int) -> bool:
@@ -376,7 +367,7 @@ def _vfork_parent(tid: int) -> bool:
 
 def _stat_fields(pid: int) -> tuple[bytes, int]:
     """``(state, ppid)`` from /proc/PID/stat."""
-    fields = _read(f"/proc/{pid}/stat").rsplit(b")", 1)[-1].split(None, 3)
+    fields = procmem.read_proc(f"/proc/{pid}/stat").rsplit(b")", 1)[-1].split(None, 3)
     return fields[0], int(fields[1])
 
 

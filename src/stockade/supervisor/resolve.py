@@ -31,7 +31,7 @@ import errno
 import os
 import re
 
-from stockade.kernel import _ffi
+from stockade.kernel import _ffi, procmem
 
 AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000
@@ -107,17 +107,10 @@ class Caller:
         """``(tgid, tid)`` in the sandbox's pid namespace (the last
         ``NStgid``/``NSpid`` values of /proc/TID/status)."""
         if self._ids is None:
-            tgid = tid = -1
-            with open(f"/proc/{self.tid}/status", "rb") as f:
-                for line in f:
-                    if line.startswith(b"NStgid:"):
-                        tgid = int(line.split()[-1])
-                    elif line.startswith(b"NSpid:"):
-                        tid = int(line.split()[-1])
-                        break
-            if tgid < 0 or tid < 0:
+            tgid, tid = procmem.status(self.tid, b"NStgid", b"NSpid")
+            if tgid is None or tid is None:
                 raise OSError(errno.ESRCH, "no such process")
-            self._ids = (tgid, tid)
+            self._ids = (int(tgid.split()[-1]), int(tid.split()[-1]))
         return self._ids
 
 
