@@ -8,6 +8,7 @@ asserted: only that it spins at all, and stops."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -166,6 +167,30 @@ attempt("opens", lambda: n)
         raise AssertionError(f"the poller did not spin (ns used, R samples, samples): {seen}")
     # And it stops once they do.
     _wait_asleep(pid)
+
+
+@needs_poller
+def test_a_sandbox_cannot_signal_or_trace_the_poller(workdir: Path) -> None:
+    """The poller is a host process: from inside, a signal to it fails
+    with EPERM (Landlock's signal scope), and so does attaching to it."""
+    _read_probe(workdir)
+    pid = _poller_pid()
+    body = f"""
+import ctypes, signal
+libc = ctypes.CDLL(None, use_errno=True)
+attempt("kill", lambda: os.kill({pid}, signal.SIGKILL))
+attempt("stop", lambda: os.kill({pid}, signal.SIGSTOP))
+def seize():
+    if libc.ptrace(0x4206, {pid}, 0, 0) != 0:  # PTRACE_SEIZE
+        raise OSError(ctypes.get_errno(), "ptrace")
+attempt("ptrace", seize)
+"""
+    _, v = run_probe(body, rules=_glob(workdir))
+    assert v["kill"]["errno"] == errno.EPERM
+    assert v["stop"]["errno"] == errno.EPERM
+    assert v["ptrace"]["errno"] == errno.EPERM
+    stat = _stat(pid)
+    assert stat is not None and stat[0] not in "TZX"
 
 
 @needs_poller
