@@ -470,8 +470,10 @@ class _PathRules:
         every child, or none is left (the default).  A candidate matches
         every child when it needs no matcher (a ``DIR/***`` filed above),
         or when it is ``K/**`` with *parent* at or beneath ``K``, or
-        ``K/*`` with *parent* ``K``; ``K/*`` with another parent matches
-        no child (a child has a ``/`` after *parent*).  Any other glob may
+        ``K/*`` with *parent* ``K``.  ``K/*``, and any ``K/G`` whose last
+        component ``G`` is a glob without ``**`` (``K/*.pem``), matches
+        no child of another parent (a child has a ``/`` after *parent*,
+        which G cannot match), and is dropped there.  Any other glob may
         match some children only, and is kept.
 
         A directory ``G/name`` that no key has as parent, inside a ``G``
@@ -515,9 +517,10 @@ class _PathRules:
                     if kind == _BENEATH:
                         every = not k or parent == k or parent.startswith(k + "/")
                     elif parent != k:
-                        continue  # K/* matches no child of another directory
-                    else:
+                        continue  # K/* or K/G matches no child of another directory
+                    elif kind == _CHILD:
                         every = True
+                    # K/G, with parent K: may match some children only; kept
             kept.append(entry)
             if every:
                 break
@@ -569,21 +572,28 @@ def _first(entry: _Entry) -> int:
     return entry[0]
 
 
-#: Shapes of a glob whose matches among the children of one directory are
-#: all or none: ``K/**`` (anything beneath K) and ``K/*`` (K's children).
-_BENEATH, _CHILD = 0, 1
+#: Shapes of a glob that say which children of a directory it can match:
+#: ``K/**`` (anything beneath K), ``K/*`` (every child of K), and ``K/G``,
+#: G a glob without ``**`` (some children of K, and nothing else: none of
+#: ``*``, ``?`` and ``[...]`` matches a ``/``).
+_BENEATH, _CHILD, _NAMES = 0, 1, 2
 
 
 @functools.lru_cache(maxsize=4096)
 def _shape(pattern: str) -> tuple[int, str] | None:
-    """``(_BENEATH, K)`` for ``K/**``, ``(_CHILD, K)`` for ``K/*`` (K
-    literal, maybe empty: ``/**``, ``/*``), else None."""
+    """``(_BENEATH, K)`` for ``K/**``, ``(_CHILD, K)`` for ``K/*``,
+    ``(_NAMES, K)`` for ``K/G`` (K literal, maybe empty: ``/**``, ``/*``;
+    G a glob without ``**``), else None."""
     head, _, tail = pattern.rpartition("/")
-    if not patterns.is_literal(head) or tail not in ("*", "**"):
+    if not patterns.is_literal(head) or not tail or patterns.is_literal(tail):
         return None
+    if tail != "**" and "**" in tail:
+        return None  # crosses components
     if patterns.compile_pattern(pattern).pattern != pattern:
         return None  # not canonical (rules are): K would not be what matches
-    return (_BENEATH if tail == "**" else _CHILD), head
+    if tail == "**":
+        return _BENEATH, head
+    return (_CHILD if tail == "*" else _NAMES), head
 
 
 def _parents_of(*tables: dict[str, tuple[_Entry, ...]]) -> frozenset[str]:
@@ -795,6 +805,7 @@ class NotifyPlan:
         self._aliases: dict[str, str] = {}
         self._implicit = implicit
         self._state = _Compiled((*implicit, *rules), enabled, 0, self._aliases)
+        self._watchers: list[Callable[[int], None]] = []
 
     # -- rules ---------------------------------------------------------------
 
@@ -826,7 +837,15 @@ class NotifyPlan:
             old.generation + 1,
             self._aliases,
         )
-        return self._state.generation
+        generation = self._state.generation
+        for watcher in self._watchers:
+            watcher(generation)
+        return generation
+
+    def watch(self, changed: Callable[[int], None]) -> None:
+        """Call *changed* with the new generation after every change of
+        rules (a cache of decisions kept outside the plan empties itself)."""
+        self._watchers.append(changed)
 
     def add_implicit_rules(self, rules: Iterable[Rule]) -> int:
         """Allow rules that come from the launch rather than the policy (a
@@ -854,6 +873,7 @@ class NotifyPlan:
         run._resolver = self._resolver
         run._hosts = {}
         run._aliases = dict(self._aliases)
+        run._watchers = []
         state = self._state
         if private_tmp is None:
             run._implicit = self._implicit
@@ -916,6 +936,33 @@ class NotifyPlan:
         category denies (EACCES) and a disabled one allows.
         """
         return self._state.paths[category].decide(path)
+
+    def allowed_directory(self, category: Category, path: str) -> tuple[str, int, bool] | None:
+        """``(parent, generation, tree)`` when :meth:`decide` has found that
+        one verdict, allow, holds for *category* access to every child of
+        *path*'s parent directory (``parent`` is its path) under the rules
+        of that generation; ``tree`` when it also holds down the parent's
+        tree, to the next of :meth:`stops`.  None otherwise.  Call it after
+        deciding *path*: it only reads what deciding worked out."""
+        state = self._state
+        cut = path.rfind("/")
+        if cut <= 0:
+            return None
+        parent = path[:cut]
+        rules = state.paths[category]
+        kids = rules._children.get(parent)
+        if kids.__class__ is Verdict and kids.allow:
+            return parent, state.generation, parent in rules._subtree
+        return None
+
+    def stops(self, category: Category) -> tuple[int, frozenset[str]]:
+        """``(generation, stops)``: the directories where a verdict that
+        holds for every child of a directory stops going down (the parent
+        of each path a rule of *category* is filed under).  A directory
+        that is not a stop, and not a child of ``/``, has its parent's
+        such verdict (see :meth:`allowed_directory`)."""
+        state = self._state
+        return state.generation, state.paths[category]._parents
 
     def decide_move(self, source: str, target: str, source_is_dir: bool = False) -> Verdict:
         """Whether an inode may get the name *target* besides (link) or
