@@ -141,3 +141,46 @@ attempt("counts", lambda: json.dumps(counts))
     counts = __import__("json").loads(v["counts"]["value"])
     assert counts["secret"] == 0, counts
     assert counts["public"] > 0 and counts["eacces"] > 0, counts
+
+
+def test_flipping_into_a_warm_directory_never_reads_the_denied_file(workdir: Path) -> None:
+    """The same race against the compiled receiver: the allowed file lies
+    in a directory whose every child is readable (answered without Python
+    once warm), the denied one in a sibling directory."""
+    from stockade.supervisor import engine, fastpath
+
+    (workdir / "ok").mkdir()
+    (workdir / "no").mkdir()
+    allowed, denied = workdir / "ok" / "data", workdir / "no" / "data"
+    allowed.write_text("PUBLIC\n")
+    denied.write_text("SECRET\n")
+    (workdir / "ok" / "warm").write_text("warm\n")
+    before = engine.get().compiled_answers
+    res, v = run_probe(
+        f"ALLOWED, DENIED, SECONDS = {str(allowed)!r}, {str(denied)!r}, {SECONDS}\n"
+        f"open({str(workdir / 'ok' / 'warm')!r}).read()\n"
+        + FLIP
+        + """
+counts = {"public": 0, "secret": 0, "eacces": 0, "other": 0}
+while time.monotonic() < stop:
+    fd = libc.syscall(ctypes.c_long(257), ctypes.c_long(-100), buf, ctypes.c_long(0))
+    if fd < 0:
+        e = ctypes.get_errno()
+        counts["eacces" if e == errno.EACCES else "other"] += 1
+        continue
+    data = os.read(fd, 64)
+    os.close(fd)
+    counts["secret" if b"SECRET" in data else "public"] += 1
+attempt("counts", lambda: json.dumps(counts))
+""",
+        rules=[f"allow/read+{workdir}/ok/**"],
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    counts = __import__("json").loads(v["counts"]["value"])
+    assert counts["secret"] == 0, counts
+    assert counts["public"] > 0 and counts["eacces"] > 0, counts
+    assert counts["other"] == 0, counts
+    if fastpath.ENABLED:
+        # The allowed spelling was answered compiled: the race ran there.
+        assert engine.get().compiled_answers - before >= counts["public"] // 2, counts

@@ -15,7 +15,10 @@ the thread that received it, with no queue between them:
   ``find /usr``'s opens measured 1.5x native with ``poll``, 3.5-4.5x
   with ``epoll``: bench/README.md).  It does only non-blocking work:
   ``SECCOMP_IOCTL_NOTIF_RECV`` on a listener that polled readable, and
-  taking a listener over from a child.  As soon as it holds one
+  taking a listener over from a child.  The wait itself is the compiled
+  receiver when it is built (:mod:`stockade.supervisor.fastpath`), which
+  also answers there, without the GIL, the read-only opens that Python
+  taught it to (and hands everything else back).  As soon as it holds one
   notification it gives up the role, to an idle thread waiting for it (a
   new thread is started if none is idle, up to ``MAX_WORKERS``), and only
   then runs the handler.  So a slow handler (an open of a FIFO, a
@@ -53,6 +56,7 @@ import struct
 import threading
 
 from stockade.kernel import _ffi, notify, procmem
+from stockade.supervisor import fastpath
 from stockade.supervisor.idlepoll import IdlePoller
 
 IDLE_SECONDS = 5.0
@@ -91,6 +95,10 @@ class Session:
     """One sandbox under supervision: subclassed by the dispatcher that
     knows the handlers (:class:`stockade.supervisor.session.SandboxSession`).
     """
+
+    #: Where the compiled receiver answers this sandbox's quick opens
+    #: (:mod:`stockade.supervisor.fastpath`); None: never.
+    fast: fastpath.DirCache | None = None
 
     def __init__(self) -> None:
         self.listener = -1
@@ -153,8 +161,9 @@ class Supervisor:
     """The receiver and the worker pool of this process."""
 
     def __init__(self) -> None:
-        # Used by the receiver only (one thread at a time).
-        self._poll = select.poll()
+        # Used by the receiver only (one thread at a time): the poll set,
+        # compiled when it can be (it then answers quick opens itself).
+        self._rx = fastpath.receiver()
         # fd -> (kind, session, socket or None); entries are added by the
         # receiver (from _new, which adopt() fills from any thread) and
         # changed or removed by the receiver only.
@@ -162,7 +171,7 @@ class Supervisor:
         self._new: list[tuple[int, Session, _socket.socket]] = []
         #: Written by adopt() to wake the receiver for a new hand-off.
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        self._poll.register(self._wake, select.POLLIN)
+        self._rx.register(self._wake)
         #: Held by the thread that is the receiver.
         self._receiver = threading.Lock()
         self._lock = threading.Lock()
@@ -181,6 +190,12 @@ class Supervisor:
         """Live worker threads (for tests of idle retirement)."""
         with self._lock:
             return self._workers
+
+    @property
+    def compiled_answers(self) -> int:
+        """Calls answered by the compiled receiver, in all (for tests and
+        benchmarks; 0 when it does not run)."""
+        return self._rx.answered
 
     def adopt(self, handoff: _socket.socket, session: Session) -> None:
         """Take over the listener that a child will send on *handoff* (our
@@ -263,46 +278,52 @@ class Supervisor:
     def _receive(self, worker: Worker | None) -> tuple[Session, notify.SeccompNotif]:
         """Wait for the next notification (and do the bookkeeping events
         that come before it); called by the receiver only.  A notification
-        the session can answer at once (:meth:`Session.quick`) is answered
-        here, with no hand-off of the role: that hand-off (waking another
-        thread, which then contends for the GIL) costs more than such an
-        answer."""
-        poll = self._poll
+        the session can answer at once (:meth:`Session.quick`, or the
+        compiled receiver's own quick opens) is answered here, with no
+        hand-off of the role: that hand-off (waking another thread, which
+        then contends for the GIL) costs more than such an answer."""
+        rx = self._rx
         wake = self._wake
+        # Only a thread that confined itself opens anything for a sandbox.
+        fast = worker is not None
         while True:
+            notif = worker.notif if worker is not None else notify.SeccompNotif()
+            fd, mask, state, answered = rx.wait(notif, fast)
+            if answered:
+                self._poller.touch(answered)
+            entry = self._watched.get(fd)
+            if entry is None:
+                if fd == wake:
+                    self._take_new()
+                continue  # a tick, or an event of a descriptor just dropped
+            kind, session, sock = entry
             try:
-                events = poll.poll()
-            except InterruptedError:
-                continue
-            for fd, mask in events:
-                entry = self._watched.get(fd)
-                if entry is None:
-                    if fd == wake:
-                        self._take_new()
-                    continue
-                kind, session, sock = entry
-                try:
-                    if kind == "handoff":
-                        assert sock is not None
-                        self._handoff(sock, session)
-                    elif mask & select.POLLIN:
-                        notif = self._recv(fd, worker)
-                        if notif is not None:
-                            self._poller.touch()
-                            if worker is not None and self._quick(worker, session, notif):
-                                continue
-                            # Counted only when handed on: while the
-                            # receiver holds it, nobody else can close the
-                            # listener (only the receiver marks it hung up).
-                            session._take()
-                            return session, notif
-                    elif mask & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
-                        self._drop(fd, session)
-                except Exception:  # the receiver must survive anything
-                    # A listener we cannot read from is given up: with no
-                    # listener its sandbox's trapped calls fail (ENOSYS),
-                    # never succeed, and the launcher ends the run.
+                if kind == "handoff":
+                    assert sock is not None
+                    self._handoff(sock, session)
+                elif state == fastpath.STATE_RECEIVED or mask & select.POLLIN:
+                    if state == fastpath.STATE_EVENT:
+                        notify.recv(fd, notif)
+                    elif state < 0:
+                        raise OSError(-state, os.strerror(-state))
+                    self._poller.touch()
+                    if worker is not None and self._quick(worker, session, notif):
+                        continue
+                    # Counted only when handed on: while the receiver holds
+                    # it, nobody else can close the listener (only the
+                    # receiver marks it hung up).
+                    session._take()
+                    return session, notif
+                elif mask & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
                     self._drop(fd, session)
+            except OSError as err:
+                if err.errno != errno.ENOENT:  # ENOENT: the caller went away
+                    self._drop(fd, session)
+            except Exception:  # the receiver must survive anything
+                # A listener we cannot read from is given up: with no
+                # listener its sandbox's trapped calls fail (ENOSYS), never
+                # succeed, and the launcher ends the run.
+                self._drop(fd, session)
 
     def _take_new(self) -> None:
         """Watch the hand-off sockets adopt() queued (receiver only)."""
@@ -314,7 +335,7 @@ class Supervisor:
             new, self._new = self._new, []
         for fd, session, sock in new:
             self._watched[fd] = ("handoff", session, sock)
-            self._poll.register(fd, select.POLLIN)
+            self._rx.register(fd)
 
     def _quick(self, worker: Worker, session: Session, notif: notify.SeccompNotif) -> bool:
         try:
@@ -326,7 +347,7 @@ class Supervisor:
         if self._watched.pop(fd, None) is None:
             return
         try:
-            self._poll.unregister(fd)
+            self._rx.unregister(fd)
         except KeyError:
             pass  # already gone
         session._hangup()
@@ -337,7 +358,7 @@ class Supervisor:
         closed without acknowledgement: the child fails its hand-off step
         and never runs the command unsupervised."""
         fd = sock.fileno()
-        self._poll.unregister(fd)
+        self._rx.unregister(fd)
         del self._watched[fd]
         listener = -1
         try:
@@ -370,23 +391,15 @@ class Supervisor:
             self._sync_wakeup = notify.set_sync_wakeup(listener)
         session.listener = listener
         self._watched[listener] = ("listener", session, None)
-        self._poll.register(listener, select.POLLIN)
+        self._rx.register(listener)
+        if session.fast is not None:
+            self._rx.fast(listener, session.fast)
         session.attached.set()
         try:
             sock.send(b"k")
         except OSError:
             pass  # the child died meanwhile: its listener hangs up
         sock.close()
-
-    def _recv(self, fd: int, worker: Worker | None) -> notify.SeccompNotif | None:
-        notif = worker.notif if worker is not None else notify.SeccompNotif()
-        try:
-            notify.recv(fd, notif)
-        except OSError as err:
-            if err.errno == errno.ENOENT:
-                return None  # the caller went away (killed, or a signal)
-            raise
-        return notif
 
     def _run(self, worker: Worker, session: Session, notif: notify.SeccompNotif) -> None:
         try:

@@ -318,6 +318,12 @@ def q_open(s: SandboxSession, w: Worker, n: notify.SeccompNotif) -> bool:
     Denials are recorded with their rule as in the worker; an event that
     a callback or a log (which may block) must see sends the call to a
     worker.
+
+    The commonest case, an allowed open by a normal path of a file or a
+    directory, is also compiled (``_fastpath.c``, the same steps in the
+    same order): once this function has decided a first open in a
+    directory whose every child may be read, it teaches the compiled
+    receiver so (:func:`_q_teach`), which answers the next ones there.
     """
     d = n.data
     nr = d.nr
@@ -341,12 +347,23 @@ def q_open(s: SandboxSession, w: Worker, n: notify.SeccompNotif) -> bool:
     verdict = s.plan.decide(_READ, target)
     if _q_event_wanted(s, verdict):
         return False
+    if verdict.allow and s.fast is not None:
+        _q_teach(s, target)
     how = _scratch(w).how
     how.mode = 0
     how.resolve = _QUICK_RESOLVE
     if not verdict.allow:
         return _q_deny(s, w, n, root, full, flags, how, target, verdict)
     return _q_inject(s, w, n, root, full, named, flags, how)
+
+
+def _q_teach(s: SandboxSession, target: str) -> None:
+    """Tell the compiled receiver (:mod:`~stockade.supervisor.fastpath`)
+    that every child of *target*'s directory may be read, when the plan
+    found so: its next opens there are answered without Python."""
+    found = s.plan.allowed_directory(_READ, target)
+    if found is not None and s.fast is not None:
+        s.fast.add(found[0].encode("utf-8", "surrogateescape"), found[1], found[2])
 
 
 def _q_path(s: SandboxSession, w: Worker, n: notify.SeccompNotif, dirfd: int,

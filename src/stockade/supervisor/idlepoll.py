@@ -139,13 +139,15 @@ class IdlePoller:
         """The poller's pid, if it runs (for tests)."""
         return None if self._proc is None else self._proc.pid
 
-    def touch(self) -> None:
-        """A notification came: keep spinning for another window.  Called
-        by the receiver only; costs a clock read when nothing is due."""
+    def touch(self, count: int = 1) -> None:
+        """*count* notifications came: keep spinning for another window.
+        Called by the receiver only; costs a clock read when nothing is
+        due."""
         shared = self._map
         if shared is None:
-            self._seen += 1
-            if self._seen == START_AFTER:
+            seen = self._seen
+            self._seen = seen + count
+            if seen < START_AFTER <= seen + count:
                 # Not here: the receiver must not wait for a process start.
                 try:
                     threading.Thread(

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from stockade.kernel import notify, syscalls
 from stockade.policy.model import Category
-from stockade.supervisor import events
+from stockade.supervisor import events, fastpath
 from stockade.supervisor.engine import Session, Worker
 from stockade.supervisor.resolve import Caller
 
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from stockade.plan.notify import NotifyPlan
 
 _EXEC = Category.EXEC
+_NR_OPEN = syscalls.nr("open")
+_NR_OPENAT = syscalls.nr("openat")
 
 Handler = Callable[["SandboxSession", Worker, notify.SeccompNotif, Caller], None]
 EventSink = Callable[[events.Event], None]
@@ -91,6 +93,13 @@ class SandboxSession(Session):
         #: allowed execs only; a callback or an audit, everything).
         self.verbose = on_event is not None or sink is not None or plan.audit
         self._all_allowed = on_event is not None or plan.audit
+        # The compiled receiver answers allowed opens with no event and the
+        # default handlers only (fs.q_open teaches it where).
+        opens = (_NR_OPEN, _NR_OPENAT)
+        if not self._all_allowed and all(
+            self.handlers.get(nr) is _REGISTERED.get(nr) for nr in opens
+        ):
+            self.fast = fastpath.dir_cache(plan)
 
     # -- dispatch -------------------------------------------------------------
 
@@ -123,6 +132,8 @@ class SandboxSession(Session):
     def closed(self) -> None:
         with self._root_lock:
             fd, self._root_fd = self._root_fd, -1
+            if self.fast is not None:
+                self.fast.set_root(-1)
         if fd >= 0:
             os.close(fd)
 
@@ -146,6 +157,8 @@ class SandboxSession(Session):
                     os.close(fd)
                     raise OSError(errno.ENOENT, "the call went away")
                 self._root_fd = fd
+                if self.fast is not None:
+                    self.fast.set_root(fd)
             return self._root_fd
 
     def valid(self, worker: Worker, notif: notify.SeccompNotif) -> None:
