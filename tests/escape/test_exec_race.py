@@ -187,10 +187,13 @@ def test_racing_the_exec_path_never_runs_a_denied_program(workdir: Path, writer:
     allowed, denied, _killed, _refused = (int(x) for x in match.groups())
     assert denied == 0, out
     # The race really ran: the allowed program was executed through the
-    # flipped buffer, and the denied spelling reached the decision.
+    # flipped buffer, and the denied spelling reached a check: the
+    # decision (refused), or, flipped after it, the check of the loaded
+    # file (killed; which of the two a loaded machine shows varies).
     assert allowed > 0, out
     refusals = [d for d in res.denials if d.category == "exec" and d.target == bad]
-    assert refusals, res.denials
+    raced = [d for d in res.denials if d.rule is not None and d.rule.startswith("exec raced")]
+    assert refusals or raced, res.denials
 
 
 def test_an_allowed_exec_from_a_multithreaded_process_still_works(workdir: Path) -> None:
