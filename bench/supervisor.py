@@ -9,7 +9,11 @@ Three variants of the same access policy (read /usr, /lib, /lib64, /bin,
 - ``supervisor``: the same trees written as globs (``allow/read+/usr/**``
   and the directory itself), which only the supervisor can hold: every
   open that reads goes through it (openat2 in the sandbox's root, the
-  descriptor injected with SECCOMP_IOCTL_NOTIF_ADDFD).
+  descriptor injected with SECCOMP_IOCTL_NOTIF_ADDFD), answered by the
+  compiled receiver (``supervisor/_fastpath.c``) where it can;
+- ``python``: the same, with the compiled receiver's quick opens off, so
+  that every call is answered in Python (as on a machine where stockade
+  was installed without a C compiler).
 
 Rows:
 
@@ -32,6 +36,7 @@ the reps, ratios to native.  Usage: python bench/supervisor.py [--reps N]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -39,13 +44,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import stockade
+from stockade.supervisor import fastpath
 
 TREES = ["/usr", "/lib", "/lib64", "/bin", "/etc"]
 TARGET = "/usr/share/common-licenses/GPL-3"
@@ -166,6 +172,17 @@ def sandboxes() -> dict[str, stockade.Sandbox | None]:
     }
 
 
+@contextlib.contextmanager
+def python_only(on: bool = True) -> Iterator[None]:
+    """Sessions made meanwhile answer every call in Python (no DirCache)."""
+    saved = fastpath.ENABLED
+    fastpath.ENABLED = saved and not on
+    try:
+        yield
+    finally:
+        fastpath.ENABLED = saved
+
+
 def timed(sandbox: stockade.Sandbox | None, argv: list[str]) -> tuple[float, bytes]:
     start = time.perf_counter()
     if sandbox is None:
@@ -201,8 +218,9 @@ def floors(tool: str, sandbox: stockade.Sandbox | None, reps: int, native: float
     reading the path + ID_VALID + CONTINUE, each by a worker (after the
     hand-off of the receiver role) and by the receiver itself (no
     hand-off: a measuring hack, unsafe); the real handler in a worker;
-    and the brokered open as it runs, in the receiver (the fast path).
-    What the brokered open adds over them is the broker's own cost."""
+    and the brokered open as it runs in the receiver, in Python and
+    compiled.  What the brokered open adds over them is the broker's own
+    cost."""
     from stockade.kernel import syscalls
     from stockade.supervisor import fs, session
 
@@ -236,7 +254,8 @@ def floors(tool: str, sandbox: stockade.Sandbox | None, reps: int, native: float
         "read path + ID_VALID + continue, worker": (read_cont, None),
         "read path + ID_VALID + continue, receiver": (real, q_read_cont),
         "brokered, worker (the hand-off)": (worker, None),
-        "brokered, receiver (the fast path)": (real, fs.q_open),
+        "brokered, receiver, in Python (fs.q_open)": (real, fs.q_open),
+        "brokered, receiver, compiled (_fastpath.c)": (real, fs.q_open),
     }
     got: dict[str, list[float]] = {name: [] for name in variants}
     try:
@@ -247,7 +266,10 @@ def floors(tool: str, sandbox: stockade.Sandbox | None, reps: int, native: float
                 session.HANDLERS[nr], fast = variants[name]
                 session.QUICK[nr] = fast if fast is not None else quick
                 assert sandbox is not None
-                got[name].append(float(timed(sandbox, [tool, TARGET, "20000"])[1].decode()))
+                # The compiled receiver would answer these opens itself.
+                with python_only(not name.endswith("compiled (_fastpath.c)")):
+                    out = timed(sandbox, [tool, TARGET, "20000"])[1]
+                got[name].append(float(out.decode()))
     finally:
         session.HANDLERS[nr] = real
         session.QUICK[nr] = quick
@@ -338,25 +360,31 @@ def main() -> None:
                     [*sb.policy.to_rules(), f"allow/read+{work}/***", f"allow/exec+{work}/***"]
                 )
             )
+        sbs["python"] = sbs["supervisor"]
         samples: dict[tuple[str, str], list[float]] = {}
         order = list(sbs)
         for rep in range(args.reps + 1):
             for row, fn in rows(tool).items():
                 for k in range(len(order)):
                     name = order[(rep + k) % len(order)]
-                    value = fn(sbs[name])
+                    with python_only(name == "python"):
+                        value = fn(sbs[name])
                     if rep:  # the first rep warms up
                         samples.setdefault((row, name), []).append(value)
-        print(f"{'row':52} {'native':>10} {'landlock':>10} {'superv.':>10} {'LL/nat':>7} "
-              f"{'sup/nat':>7}")  # fmt: skip
+        print(f"compiled receiver: {fastpath.status()}")
+        print(f"{'row':52} {'native':>10} {'landlock':>10} {'superv.':>10} {'python':>10} "
+              f"{'LL/nat':>7} {'sup/nat':>7} {'py/nat':>7}")  # fmt: skip
         for row in rows(tool):
             med = {name: statistics.median(samples[(row, name)]) for name in order}
-            print(f"{row:52} {med['native']:10.1f} {med['landlock']:10.1f} "
-                  f"{med['supervisor']:10.1f} {med['landlock'] / med['native']:7.2f} "
-                  f"{med['supervisor'] / med['native']:7.2f}")  # fmt: skip
+            nat = med["native"]
+            print(f"{row:52} {nat:10.1f} {med['landlock']:10.1f} {med['supervisor']:10.1f} "
+                  f"{med['python']:10.1f} {med['landlock'] / nat:7.2f} "
+                  f"{med['supervisor'] / nat:7.2f} {med['python'] / nat:7.2f}")  # fmt: skip
             if row.startswith("open"):
-                rt = (med["supervisor"] - med["native"]) / 1000
-                print(f"{'  brokered open round trip (supervisor - native, us)':52} {rt:10.1f}")
+                for name in ("supervisor", "python"):
+                    rt = (med[name] - nat) / 1000
+                    label = f"  brokered open round trip ({name} - native, us)"
+                    print(f"{label:52} {rt:10.1f}")
         floors(
             tool,
             sbs["supervisor"],
