@@ -141,9 +141,12 @@ def test_orphans_are_reaped_by_the_init() -> None:
         os.waitpid(middle, 0)
         orphans = [int(x) for x in os.fdopen(r).read().split()]
         attempt("count", lambda: len(orphans))
-        attempt("parents", lambda: sorted({
-            int(open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1])
-            for p in orphans if os.path.exists(f"/proc/{p}")}))
+        def parent(p):
+            try:
+                return int(open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1])
+            except OSError:  # exited (and reaped) meanwhile
+                return None
+        attempt("parents", lambda: sorted({parent(p) for p in orphans} - {None}))
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             left = [p for p in orphans if os.path.exists(f"/proc/{p}")]
