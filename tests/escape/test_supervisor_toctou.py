@@ -31,6 +31,22 @@ def flipper():
 threading.Thread(target=flipper, daemon=True).start()
 """
 
+#: Opens the flipped buffer (openat, from the sandbox's cwd) until the
+#: flipper stops, counting what each open read.
+OPEN_LOOP = """
+counts = {"public": 0, "secret": 0, "eacces": 0, "other": 0}
+while time.monotonic() < stop:
+    fd = libc.syscall(ctypes.c_long(257), ctypes.c_long(-100), buf, ctypes.c_long(0))
+    if fd < 0:
+        e = ctypes.get_errno()
+        counts["eacces" if e == errno.EACCES else "other"] += 1
+        continue
+    data = os.read(fd, 64)
+    os.close(fd)
+    counts["secret" if b"SECRET" in data else "public"] += 1
+attempt("counts", lambda: json.dumps(counts))
+"""
+
 
 def _files(workdir: Path) -> tuple[Path, Path]:
     allowed = workdir / "ok-file"
@@ -45,19 +61,7 @@ def test_flipping_the_path_buffer_never_reads_the_denied_file(workdir: Path) -> 
     res, v = run_probe(
         f"ALLOWED, DENIED, SECONDS = {str(allowed)!r}, {str(denied)!r}, {SECONDS}\n"
         + FLIP
-        + """
-counts = {"public": 0, "secret": 0, "eacces": 0, "other": 0}
-while time.monotonic() < stop:
-    fd = libc.syscall(ctypes.c_long(257), ctypes.c_long(-100), buf, ctypes.c_long(0))
-    if fd < 0:
-        e = ctypes.get_errno()
-        counts["eacces" if e == errno.EACCES else "other"] += 1
-        continue
-    data = os.read(fd, 64)
-    os.close(fd)
-    counts["secret" if b"SECRET" in data else "public"] += 1
-attempt("counts", lambda: json.dumps(counts))
-""",
+        + OPEN_LOOP,
         # A glob: only the supervisor can hold it.
         rules=[f"allow/read+{workdir}/ok-*"],
         timeout=60,
@@ -158,21 +162,7 @@ def test_flipping_into_a_warm_directory_never_reads_the_denied_file(workdir: Pat
     before = engine.get().compiled_answers
     res, v = run_probe(
         f"ALLOWED, DENIED, SECONDS = {str(allowed)!r}, {str(denied)!r}, {SECONDS}\n"
-        f"open({str(workdir / 'ok' / 'warm')!r}).read()\n"
-        + FLIP
-        + """
-counts = {"public": 0, "secret": 0, "eacces": 0, "other": 0}
-while time.monotonic() < stop:
-    fd = libc.syscall(ctypes.c_long(257), ctypes.c_long(-100), buf, ctypes.c_long(0))
-    if fd < 0:
-        e = ctypes.get_errno()
-        counts["eacces" if e == errno.EACCES else "other"] += 1
-        continue
-    data = os.read(fd, 64)
-    os.close(fd)
-    counts["secret" if b"SECRET" in data else "public"] += 1
-attempt("counts", lambda: json.dumps(counts))
-""",
+        f"open({str(workdir / 'ok' / 'warm')!r}).read()\n" + FLIP + OPEN_LOOP,
         rules=[f"allow/read+{workdir}/ok/**"],
         timeout=60,
     )

@@ -54,7 +54,7 @@ def cache_for(plan: NotifyPlan) -> Any:
 
 
 def session(plan: NotifyPlan, cache: Any) -> Any:
-    # fs._q_teach reads the session's plan and cache only: the real
+    # fs._q_teach takes the session's cache and plan only: the real
     # function runs, on what a session would hold.
     return SimpleNamespace(plan=plan, fast=cache)
 
@@ -63,7 +63,7 @@ def read(s: Any, path: str) -> bool:
     """Decide a read of *path* and teach the cache as fs.q_open does."""
     verdict = s.plan.decide(READ, path)
     if verdict.allow and s.fast is not None:
-        fs._q_teach(s, path)
+        fs._q_teach(s.fast, s.plan, path)
     return bool(verdict.allow)
 
 

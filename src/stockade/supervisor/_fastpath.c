@@ -124,7 +124,10 @@ static int table_init(Table *t, unsigned slots) {
 }
 
 static void table_empty(Table *t) {
-    if (t->keys == NULL) return;
+    /* Not a slot is touched when there is nothing to free: a new table's
+     * zeroed pages stay unmapped until used (a session that never
+     * teaches the cache pays nothing for it). */
+    if (t->keys == NULL || t->count == 0) return;
     for (unsigned i = 0; i < t->slots; i++) {
         free(t->keys[i]);
         t->keys[i] = NULL;

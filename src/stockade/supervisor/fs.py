@@ -79,7 +79,8 @@ from stockade.supervisor.resolve import (
 from stockade.supervisor.session import QUICK, Denied, SandboxSession, handles
 
 if TYPE_CHECKING:
-    from stockade.plan.notify import Verdict
+    from stockade.plan.notify import NotifyPlan, Verdict
+    from stockade.supervisor.fastpath import DirCache
 
 O_ACCMODE = 0o3
 O_WRONLY = 0o1
@@ -348,7 +349,7 @@ def q_open(s: SandboxSession, w: Worker, n: notify.SeccompNotif) -> bool:
     if _q_event_wanted(s, verdict):
         return False
     if verdict.allow and s.fast is not None:
-        _q_teach(s, target)
+        _q_teach(s.fast, s.plan, target)
     how = _scratch(w).how
     how.mode = 0
     how.resolve = _QUICK_RESOLVE
@@ -357,13 +358,13 @@ def q_open(s: SandboxSession, w: Worker, n: notify.SeccompNotif) -> bool:
     return _q_inject(s, w, n, root, full, named, flags, how)
 
 
-def _q_teach(s: SandboxSession, target: str) -> None:
+def _q_teach(fast: DirCache, plan: NotifyPlan, target: str) -> None:
     """Tell the compiled receiver (:mod:`~stockade.supervisor.fastpath`)
-    that every child of *target*'s directory may be read, when the plan
+    that every child of *target*'s directory may be read, when *plan*
     found so: its next opens there are answered without Python."""
-    found = s.plan.allowed_directory(_READ, target)
-    if found is not None and s.fast is not None:
-        s.fast.add(found[0].encode("utf-8", "surrogateescape"), found[1], found[2])
+    found = plan.allowed_directory(_READ, target)
+    if found is not None:
+        fast.add(found[0].encode("utf-8", "surrogateescape"), found[1], found[2])
 
 
 def _q_path(s: SandboxSession, w: Worker, n: notify.SeccompNotif, dirfd: int,

@@ -94,10 +94,13 @@ class SandboxSession(Session):
         self.verbose = on_event is not None or sink is not None or plan.audit
         self._all_allowed = on_event is not None or plan.audit
         # The compiled receiver answers allowed opens with no event and the
-        # default handlers only (fs.q_open teaches it where).
+        # default handlers only (fs.q_open teaches it where); a read-only
+        # open reaches the supervisor only when reads are routed.
         opens = (_NR_OPEN, _NR_OPENAT)
-        if not self._all_allowed and all(
-            self.handlers.get(nr) is _REGISTERED.get(nr) for nr in opens
+        if (
+            Category.READ in plan.categories
+            and not self._all_allowed
+            and all(self.handlers.get(nr) is _REGISTERED.get(nr) for nr in opens)
         ):
             self.fast = fastpath.dir_cache(plan)
 
